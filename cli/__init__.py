@@ -1,0 +1,1 @@
+"""The ``delit`` command-line interface (a typer app)."""

@@ -1,0 +1,78 @@
+"""DelitModel: the frozen Wan VAE around the trainable heads, and the factory that builds it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from delit_cache.envcode import decode_env
+from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
+from delit_cache.models.heads import DelitHeads, create_heads
+from delit_cache.models.transform import PortraitTransform
+
+
+def assert_frozen(module: nn.Module, name: str = "vae") -> None:
+    """Raise if any parameter of ``module`` would be trained."""
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert not trainable, f"{name} must be frozen, but {trainable[:3]} require grad"
+
+
+class DelitModel(nn.Module):
+    """relit image -> (frozen encoder) -> heads -> (frozen decoder) flat image, and env map.
+
+    ``forward`` is for training: it returns the heads' raw outputs (latent space and env
+    encoding). ``infer`` returns images: ``flat`` [B,3,H,W] in [0,1] and ``env`` [B,3,128,256]
+    linear HDR, with ``env_code`` and ``flat_latent`` beside them.
+    """
+
+    def __init__(self, vae: nn.Module, heads: DelitHeads):
+        super().__init__()
+        if getattr(vae, "z_dim", heads.config.latent_channels) != heads.config.latent_channels:
+            raise ValueError(
+                f"VAE has {vae.z_dim} latent channels, heads expect {heads.config.latent_channels}"
+            )
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        self.vae = vae.eval()
+        self.heads = heads
+
+    def train(self, mode: bool = True) -> DelitModel:
+        super().train(mode)
+        self.vae.eval()  # the VAE is frozen: never in training mode
+        return self
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images [B,3,H,W] in [0,1] -> heads outputs (``flat_latent``, ``env_code``)."""
+        assert_frozen(self.vae)
+        with torch.no_grad():
+            relit_latent = self.vae.encode(images)
+        return self.heads(relit_latent.float())
+
+    @torch.no_grad()
+    def infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images [B,3,H,W] in [0,1] -> ``flat`` [B,3,H,W] in [0,1] and ``env`` linear HDR."""
+        out = self.heads(self.vae.encode(images).float())
+        flat = self.vae.decode(out["flat_latent"], size=tuple(images.shape[-2:]))
+        return {
+            "flat": flat.float(),
+            "env": decode_env(out["env_code"]),
+            "env_code": out["env_code"],
+            "flat_latent": out["flat_latent"],
+        }
+
+
+def create_model_and_transforms(
+    vae: nn.Module,
+    heads: DelitHeads | None = None,
+    config: DelitConfig = DEFAULT_CONFIG,
+    image_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> tuple[DelitModel, PortraitTransform]:
+    """The one factory: a ``DelitModel`` on ``device`` and the transform for its inputs.
+
+    ``vae`` comes from ``delit_cache.vae.load_wan_vae``; ``heads`` from
+    ``delit_cache.checkpoint.load_heads`` (fresh heads built from ``config`` when None).
+    """
+    heads = heads if heads is not None else create_heads(config)
+    model = DelitModel(vae, heads).to(device).eval()
+    return model, PortraitTransform(image_size)

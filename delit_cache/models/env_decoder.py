@@ -1,0 +1,94 @@
+"""Env decoder: env features [B,16,h,w] -> four-channel panorama [B,4,128,256].
+
+A panorama direction has no pixel under it (most of the sphere is behind the camera), so
+every output pixel must see the whole image. The decoder pools the image into a small grid
+of tokens (16 -> 128 channels), lets a fixed grid of learned panorama queries attend to
+them (cross-attention, then self-attention among the queries, 256 channels), and upsamples
+the query grid to the output size with wrap-around convolutions. The output is the encoding
+of ``delit_cache.envcode`` (sigmoid, so every channel lies in (0, 1)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from delit_cache.models.config import DelitConfig
+from delit_cache.models.layers import PanoConv, ResBlock, norm
+
+
+class QueryLayer(nn.Module):
+    """Pre-norm transformer layer: queries attend to image tokens, then to each other."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(tokens)
+        q = self.norm_q(queries)
+        queries = queries + self.cross(q, kv, kv, need_weights=False)[0]
+        q = self.norm_self(queries)
+        queries = queries + self.self_attn(q, q, q, need_weights=False)[0]
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class UpBlock(nn.Module):
+    """x2 nearest upsampling, then a wrap-around 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = PanoConv(in_channels, out_channels)
+        self.norm = norm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.silu(self.norm(self.conv(x)))
+
+
+class EnvDecoder(nn.Module):
+    def __init__(self, cfg: DelitConfig):
+        super().__init__()
+        width, dim, grid = cfg.env_width, cfg.env_dim, cfg.env_token_grid
+        rows, cols = cfg.env_query_grid
+        out_h, out_w = cfg.env_size
+        steps = (out_h // rows).bit_length() - 1
+        if rows << steps != out_h or cols << steps != out_w:
+            raise ValueError(f"env_size {cfg.env_size} must be env_query_grid x a power of two")
+        self.query_grid = (rows, cols)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(cfg.env_channels, width, 3, padding=1),
+            ResBlock(width),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            ResBlock(width),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            nn.AdaptiveAvgPool2d(grid),
+        )
+        self.to_tokens = nn.Linear(width, dim)
+        self.token_pos = nn.Parameter(0.02 * torch.randn(grid * grid, dim))
+        self.queries = nn.Parameter(0.02 * torch.randn(rows * cols, dim))
+        self.global_in = nn.Linear(width, dim)  # pooled image summary added to every query
+        self.layers = nn.ModuleList(QueryLayer(dim, cfg.env_heads) for _ in range(cfg.env_layers))
+        chans = [max(dim >> i, 32) for i in range(steps + 1)]
+        self.up = nn.Sequential(*[UpBlock(chans[i], chans[i + 1]) for i in range(steps)])
+        self.head = PanoConv(chans[-1], 4)
+
+    def forward(self, env_features: torch.Tensor) -> torch.Tensor:
+        pooled = self.encoder(env_features)  # [B, width, grid, grid]
+        tokens = rearrange(pooled, "b c h w -> b (h w) c")
+        summary = self.global_in(tokens.mean(dim=1, keepdim=True))
+        tokens = self.to_tokens(tokens) + self.token_pos
+        queries = self.queries.unsqueeze(0) + summary
+        for layer in self.layers:
+            queries = layer(queries, tokens)
+        rows, cols = self.query_grid
+        pano = rearrange(queries, "b (h w) c -> b c h w", h=rows, w=cols)
+        return torch.sigmoid(self.head(self.up(pano)))

@@ -1,0 +1,43 @@
+"""Small building blocks shared by the heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups (fewer when channels is small)."""
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (norm, SiLU, 3x3 conv) twice, plus the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class PanoConv(nn.Module):
+    """3x3 convolution for equirectangular maps: wraps around in longitude, replicates at the poles."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 0, 0), mode="circular")
+        x = F.pad(x, (0, 0, 1, 1), mode="replicate")
+        return self.conv(x)
