@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": device_name or device.type,
         "date": datetime.date.today().isoformat(),
     }
-    save_codec(vae, args.out, extra_meta=meta)
+    save_codec(vae, args.out, extra_meta=meta, storage_dtype=torch.float16)
     print(f"held-out PSNR {psnr:.2f} dB over {len(val_images)} images; wrote {args.out}")
 
 

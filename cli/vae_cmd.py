@@ -1,0 +1,171 @@
+"""``delit vae-check``: load the Wan VAE, round-trip one image, report size, speed and PSNR."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import app
+from delit_cache.errors import DelitError
+
+DEMO_NOTE = (
+    "note: 'demo' is a small stand-in codec trained on synthetic portraits for demos and "
+    "tests; it is not the Wan VAE and is not meant for real photos."
+)
+
+
+def _read_rgb(path: Path):
+    """An image file -> float32 tensor [1,3,H,W] in [0,1] (EXIF orientation applied).
+
+    Private stand-in until ``delit_cache.imageio.read_ldr`` is available.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    if not path.is_file():
+        raise DelitError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            array = np.asarray(rgb, dtype=np.uint8).copy()
+    except Exception as exc:
+        raise DelitError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def _write_side_by_side(left, right, path: Path) -> None:
+    """Write two [3,H,W] images in [0,1] side by side as a PNG (temp file, then rename)."""
+    import torch
+    from PIL import Image
+
+    both = torch.cat([left, right], dim=-1).clamp(0, 1)
+    array = (both.permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _psnr(a, b) -> float:
+    """PSNR in dB of two images in [0,1] (capped at 100 dB for identical images)."""
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return 100.0 if mse <= 1e-10 else min(100.0, -10.0 * math.log10(mse))
+
+
+def _timed(fn, device):
+    """Run ``fn()``; return (result, wall milliseconds), synchronising CUDA around it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, (time.perf_counter() - start) * 1000.0
+
+
+def run_vae_check(
+    vae_source: str,
+    image: Path | None = None,
+    out: Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Load the VAE, encode+decode one image, optionally write ``input | reconstruction``.
+
+    Returns the report dict (see ``vae_check``); prints nothing.
+    """
+    import torch
+
+    from delit_cache.vae import load_wan_vae
+    from delit_cache.vae.testimage import synthetic_test_image
+
+    vae = load_wan_vae(vae_source, device=device, dtype=dtype)
+    x = _read_rgb(image) if image is not None else synthetic_test_image(256, 256).unsqueeze(0)
+    with torch.inference_mode():
+        if vae.device.type == "cuda":  # warm-up (kernel selection) outside the timing
+            vae.decode(vae.encode(x), size=x.shape[-2:])
+        z, encode_ms = _timed(lambda: vae.encode(x), vae.device)
+        y, decode_ms = _timed(lambda: vae.decode(z, size=tuple(x.shape[-2:])), vae.device)
+    y = y.cpu()
+    written = None
+    if out is not None:
+        stem = image.stem if image is not None else "builtin"
+        written = Path(out) / f"vae_check_{stem}.png"
+        _write_side_by_side(x[0], y[0], written)
+    return {
+        "vae": str(vae_source),
+        "fingerprint": vae.fingerprint,
+        "dim": vae.dim,
+        "params": vae.num_params,
+        "dtype": str(vae.dtype).replace("torch.", ""),
+        "device": str(vae.device),
+        "image": str(image) if image is not None else "builtin",
+        "image_size": [int(x.shape[-2]), int(x.shape[-1])],
+        "latent_shape": list(z.shape),
+        "psnr": round(_psnr(x, y), 3),
+        "encode_ms": round(encode_ms, 2),
+        "decode_ms": round(decode_ms, 2),
+        "fast_single_frame": vae.fast_single_frame,
+        "out": str(written) if written is not None else None,
+    }
+
+
+def _summary(report: dict) -> list[str]:
+    lines = [
+        f"VAE: {report['vae']} (width {report['dim']}, {report['params'] / 1e6:.1f} M parameters, "
+        f"fingerprint {report['fingerprint']})",
+    ]
+    if report["vae"] == "demo":
+        lines.append(DEMO_NOTE)
+    h, w = report["image_size"]
+    name = "built-in test image" if report["image"] == "builtin" else report["image"]
+    lines += [
+        f"image: {name}, {h}x{w}; latent {report['latent_shape']}",
+        f"encode {report['encode_ms']:.1f} ms, decode {report['decode_ms']:.1f} ms "
+        f"({report['device']}, {report['dtype']})",
+        f"reconstruction PSNR: {report['psnr']:.2f} dB",
+    ]
+    if report["out"]:
+        lines.append(f"wrote input | reconstruction to {report['out']}")
+    return lines
+
+
+@app.command("vae-check")
+def vae_check(
+    vae: Annotated[
+        str,
+        typer.Option("--vae", help="Wan 2.1 VAE: model folder, .pth/.safetensors file, or 'demo'."),
+    ],
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="Image to round-trip (default: built-in test image)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the input | reconstruction PNG.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16.")] = "float32",
+) -> None:
+    """Load the VAE, encode and decode one image; print a summary, then one JSON line.
+
+    The JSON holds vae, fingerprint, params, dtype, device, image_size, latent_shape,
+    psnr (dB, pixels in [0,1]), encode_ms and decode_ms (wall time).
+    """
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DelitError(f"--device {device!r}: use cpu or cuda")
+    report = run_vae_check(vae, image=image, out=out, device=device, dtype=dtype)
+    for line in _summary(report):
+        typer.echo(line)
+    typer.echo(json.dumps(report))
