@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -41,25 +40,38 @@ def _read_rgb(path: Path):
 
 
 def _write_side_by_side(left, right, path: Path) -> None:
-    """Write two [3,H,W] images in [0,1] side by side as a PNG (temp file, then rename)."""
+    """Write two [3,H,W] images in [0,1] side by side as a PNG (atomically)."""
     import torch
-    from PIL import Image
 
-    both = torch.cat([left, right], dim=-1).clamp(0, 1)
-    array = (both.permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from delit_cache.imageio import write_png
+
+    write_png(path, torch.cat([left, right], dim=-1))
 
 
 def _psnr(a, b) -> float:
-    """PSNR in dB of two images in [0,1] (capped at 100 dB for identical images)."""
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return 100.0 if mse <= 1e-10 else min(100.0, -10.0 * math.log10(mse))
+    """Mean over the batch of PSNR in dB of images in [0,1] (each capped at 100 dB)."""
+    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).tolist()
+    return sum(100.0 if m <= 1e-10 else min(100.0, -10.0 * math.log10(m)) for m in mse) / len(mse)
+
+
+# With --vae demo and no --image: synthetic portraits from a seed that no shipped model
+# was trained on (the demo codec trains on seed 1000, `delit demo` on seeds 0 and 1).
+HOLDOUT_SEED = 9999
+HOLDOUT_COUNT = 8
+HOLDOUT_NAME = f"held-out synthetic portraits (seed {HOLDOUT_SEED}, 256x256)"
+
+
+def demo_holdout_portraits(count: int, size: int = 256):
+    """``count`` synthetic portraits [N,3,size,size] in [0,1], as `delit synth` stores them."""
+    import torch
+
+    from delit_cache.synth.compose import render_sample
+    from delit_cache.synth.environments import list_hdris
+
+    hdris = list_hdris(None)
+    return torch.stack(
+        [render_sample(HOLDOUT_SEED, i, size=size, hdris=hdris).display()[0] for i in range(count)]
+    )
 
 
 def _timed(fn, device):
@@ -92,7 +104,12 @@ def run_vae_check(
     from delit_cache.vae.testimage import synthetic_test_image
 
     vae = load_wan_vae(vae_source, device=device, dtype=dtype)
-    x = _read_rgb(image) if image is not None else synthetic_test_image(256, 256).unsqueeze(0)
+    if image is not None:
+        x, name = _read_rgb(image), str(image)
+    elif vae_source == "demo":
+        x, name = demo_holdout_portraits(HOLDOUT_COUNT), HOLDOUT_NAME
+    else:
+        x, name = synthetic_test_image(256, 256).unsqueeze(0), "builtin"
     with torch.inference_mode():
         if vae.device.type == "cuda":  # warm-up (kernel selection) outside the timing
             vae.decode(vae.encode(x), size=x.shape[-2:])
@@ -101,7 +118,9 @@ def run_vae_check(
     y = y.cpu()
     written = None
     if out is not None:
-        stem = image.stem if image is not None else "builtin"
+        stem = (
+            image.stem if image is not None else ("holdout" if vae_source == "demo" else "builtin")
+        )
         written = Path(out) / f"vae_check_{stem}.png"
         _write_side_by_side(x[0], y[0], written)
     return {
@@ -111,7 +130,8 @@ def run_vae_check(
         "params": vae.num_params,
         "dtype": str(vae.dtype).replace("torch.", ""),
         "device": str(vae.device),
-        "image": str(image) if image is not None else "builtin",
+        "image": name,
+        "images": int(x.shape[0]),
         "image_size": [int(x.shape[-2]), int(x.shape[-1])],
         "latent_shape": list(z.shape),
         "psnr": round(_psnr(x, y), 3),
@@ -131,11 +151,14 @@ def _summary(report: dict) -> list[str]:
         lines.append(DEMO_NOTE)
     h, w = report["image_size"]
     name = "built-in test image" if report["image"] == "builtin" else report["image"]
+    if report["images"] > 1:
+        name = f"{report['images']} {name}"
     lines += [
         f"image: {name}, {h}x{w}; latent {report['latent_shape']}",
         f"encode {report['encode_ms']:.1f} ms, decode {report['decode_ms']:.1f} ms "
         f"({report['device']}, {report['dtype']})",
-        f"reconstruction PSNR: {report['psnr']:.2f} dB",
+        f"reconstruction PSNR: {report['psnr']:.2f} dB"
+        + (" (mean)" if report["images"] > 1 else ""),
     ]
     if report["out"]:
         lines.append(f"wrote input | reconstruction to {report['out']}")
@@ -150,7 +173,11 @@ def vae_check(
     ],
     image: Annotated[
         Path | None,
-        typer.Option("--image", help="Image to round-trip (default: built-in test image)."),
+        typer.Option(
+            "--image",
+            help="Image to round-trip (default: a built-in test image; with --vae demo, "
+            "8 held-out synthetic portraits).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the input | reconstruction PNG.")

@@ -7,6 +7,7 @@ A reader never sees a half-written file, and an interrupted write leaves only th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,3 +34,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path

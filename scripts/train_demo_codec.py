@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=16, help="VideoVAE_ width (96 = the real Wan VAE)")
     p.add_argument("--size", type=int, default=256, help="training image size")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=20000, help="upper bound on optimiser steps")
     p.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget for training")
     p.add_argument("--latent-noise", type=float, default=0.05, help="noise std added to latents")
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         vae = load_wan_vae(args.init, device=device)
     else:
         vae = new_wan_vae(dim=args.dim, seed=args.seed, device=device)
+    if device.type == "cuda":  # a few thousand 256px images fit on the GPU as uint8
+        train_images = train_images.to(device)
     steps = train(vae.model, train_images, args)
     mean, std = latent_stats(vae.model, train_images, device)
     vae.mean.copy_(torch.tensor(mean))

@@ -1,0 +1,80 @@
+"""Data commands: ``delit pack``, ``delit synth`` and the ``delit data`` group (check, sheet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.app import app
+
+data_app = typer.Typer(
+    help="Inspect training data (shards or a folder layout).", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@app.command("pack")
+def pack_cmd(
+    folder: Path = typer.Argument(
+        ..., help="folder with relit/, flat/, env/ (+ mask/, normal/, meta/)"
+    ),
+    out: Path = typer.Option(..., "--out", help="output folder for shard-XXXXXX.tar"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="samples per shard"),
+) -> None:
+    """Pack a folder layout into webdataset shards (checks every sample first)."""
+    from delit_cache.pack import pack_folder
+
+    shards = pack_folder(folder, out, shard_size=shard_size)
+    typer.echo(f"wrote {len(shards)} shards to {out}")
+
+
+@app.command("synth")
+def synth_cmd(
+    out: Path = typer.Option(..., "--out", help="output folder for shard-XXXXXX.tar"),
+    n: int = typer.Option(..., "--n", help="number of samples"),
+    size: int = typer.Option(512, "--size", help="image side in pixels"),
+    hdri_dir: Path | None = typer.Option(None, "--hdri-dir", help="HDRIs (.exr/.hdr) to mix in"),
+    seed: int = typer.Option(0, "--seed", help="dataset seed (sample i uses (seed, i))"),
+    workers: int = typer.Option(1, "--workers", help="worker processes (1 torch thread each)"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="samples per shard"),
+) -> None:
+    """Render synthetic portraits under HDRI and procedural lighting into shards."""
+    from delit_cache.synth.writer import synth
+
+    shards = synth(out, n, size, hdri_dir, seed, workers, shard_size)
+    typer.echo(f"wrote {n} samples in {len(shards)} shards to {out}")
+
+
+@data_app.command("check")
+def check_cmd(
+    path: str = typer.Argument(..., help="shards (dir, tar, glob, brace pattern) or a data folder"),
+) -> None:
+    """Read every sample and list every problem; exit code 1 if there is any."""
+    from delit_cache.datacheck import check
+
+    report = check(path)
+    for line in report.problems:
+        typer.echo(line)
+    typer.echo(report.summary())
+    if report.problems:
+        raise typer.Exit(code=1)
+
+
+@data_app.command("sheet")
+def sheet_cmd(
+    shards: str = typer.Argument(
+        ..., help="shards (dir, tar, glob, brace pattern) or a data folder"
+    ),
+    out: Path = typer.Option(..., "--out", help="output PNG"),
+    n: int = typer.Option(8, "--n", help="number of samples (rows)"),
+    height: int = typer.Option(256, "--height", help="row height in pixels"),
+) -> None:
+    """Write a contact sheet: relit | flat | env (tone-mapped) | normals, one row per sample."""
+    from delit_cache.datacheck import is_folder_layout, iter_folder
+    from delit_cache.datasheet import contact_sheet
+    from delit_cache.shards import iter_samples
+
+    samples = iter_folder(shards, []) if is_folder_layout(shards) else iter_samples(shards)
+    rows = contact_sheet(samples, out, n=n, height=height)
+    typer.echo(f"wrote {out} ({rows} samples)")

@@ -1,0 +1,58 @@
+"""``delit envmetrics`` and ``delit envshow``: score and look at HDR environment maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import app
+from delit_cache.atomic import write_json
+
+SPHERE_NAMES = ("diffuse", "matte", "mirror")
+
+
+def _format_table(scores: dict) -> str:
+    lines = [f"{'sphere':<8} {'si-RMSE':>9} {'angular':>9} {'nRMSE':>9}"]
+    for name in SPHERE_NAMES:
+        s = scores[name]
+        lines.append(f"{name:<8} {s['si_rmse']:>9.4f} {s['angular_deg']:>8.2f}° {s['nrmse']:>9.4f}")
+    lines.append(f"light direction error: {scores['light_dir_deg']:.2f}°")
+    return "\n".join(lines)
+
+
+@app.command("envmetrics")
+def envmetrics(
+    pred: Annotated[Path, typer.Argument(help="predicted env map (.exr or .hdr)")],
+    gt: Annotated[Path, typer.Argument(help="ground-truth env map (.exr or .hdr)")],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the scores to this JSON file")
+    ] = None,
+) -> None:
+    """Score PRED against GT with the three-sphere protocol (both resampled to 128x256)."""
+    from delit_cache.envmap import load_env
+    from delit_cache.metrics import sphere_metrics
+
+    scores = sphere_metrics(load_env(pred), load_env(gt))
+    typer.echo(_format_table(scores))
+    if json_out is not None:
+        write_json(json_out, scores)
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command("envshow")
+def envshow(
+    env: Annotated[Path, typer.Argument(help="env map (.exr or .hdr)")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output PNG (default: <stem>_show.png beside ENV)")
+    ] = None,
+) -> None:
+    """Write a PNG with the tone-mapped panorama beside the diffuse, matte and mirror spheres."""
+    from delit_cache.envmap import load_env
+    from delit_cache.envshow import env_figure
+    from delit_cache.imageio import write_png
+
+    target = out if out is not None else env.with_name(f"{env.stem}_show.png")
+    write_png(target, env_figure(load_env(env)))
+    typer.echo(f"wrote {target}")

@@ -1,0 +1,432 @@
+"""Inference on photos: checkpoint resolution, the ``Delighter`` API and ``delit infer``.
+
+``resolve_checkpoint`` turns a ``--checkpoint`` argument (a run folder, a heads
+``.safetensors`` file, or the word ``demo``) into heads, the training split's mean env map
+(when one is stored beside the heads) and an info dict; ``delit eval`` uses it too.
+
+``Delighter`` wraps the model and its ``PortraitTransform``: photos of any size in, a flat-lit
+image of the same size and a 128 x 256 linear-HDR env map out, in batches.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from delit_cache.checkpoint import HEADS_FILENAME, heads_metadata, load_heads
+from delit_cache.errors import DelitError
+from delit_cache.models import (
+    DelitHeads,
+    DelitModel,
+    PortraitTransform,
+    create_model_and_transforms,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+MEAN_ENV_FILENAME = "mean_env.exr"
+DEMO_HEADS = "demo_heads.safetensors"
+DEMO_MEAN_ENV = "demo_mean_env.exr"
+DEFAULT_SIZE = 512
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _demo_files() -> tuple[Path, Path]:
+    """Paths of the packaged demo heads and mean env map (they may not exist)."""
+    assets = Path(str(importlib.resources.files("delit_cache") / "assets"))
+    return assets / DEMO_HEADS, assets / DEMO_MEAN_ENV
+
+
+def _checkpoint_files(spec: str | Path) -> tuple[Path, Path | None]:
+    """``--checkpoint`` argument -> (heads file, mean env file or None)."""
+    if str(spec) == "demo":
+        heads, mean_env = _demo_files()
+        if not heads.is_file():
+            raise DelitError(
+                f"demo: the packaged demo checkpoint {heads} is missing "
+                "(reinstall delit, or pass a run folder or heads file with --checkpoint)"
+            )
+        return heads, mean_env if mean_env.is_file() else None
+    path = Path(spec)
+    if path.is_dir():
+        heads = path / HEADS_FILENAME
+        if not heads.is_file():
+            raise DelitError(f"{path}: run folder without {HEADS_FILENAME}")
+    elif path.is_file():
+        heads = path
+    else:
+        raise DelitError(
+            f"{path}: no such checkpoint (expected a run folder, a heads file or 'demo')"
+        )
+    mean_env = heads.parent / MEAN_ENV_FILENAME
+    return heads, mean_env if mean_env.is_file() else None
+
+
+def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | None, dict]:
+    """Load the heads named by ``spec``: a run folder, a heads file, or ``"demo"``.
+
+    Returns ``(heads, mean_env, info)``: ``mean_env`` is the training split's mean env map
+    ``[3,128,256]`` linear HDR read from ``mean_env.exr`` beside the heads, or None when there
+    is none; ``info`` holds ``checkpoint`` (path), ``mean_env`` (path or None), ``extra``
+    (the training metadata), ``image_size`` (int or None) and ``vae_fingerprint`` (or None).
+    Raises ``DelitError`` for a missing or unusable checkpoint (VAE weights, garbage, ...).
+    """
+    from delit_cache.envmap import load_env  # the HDR reader pulls in OpenEXR
+
+    heads_path, env_path = _checkpoint_files(spec)
+    heads = load_heads(heads_path)
+    extra = heads_metadata(heads_path)
+    mean_env = load_env(env_path) if env_path is not None else None
+    info = {
+        "checkpoint": str(heads_path),
+        "mean_env": str(env_path) if env_path is not None else None,
+        "extra": extra,
+        "image_size": _int_or_none(extra.get("image_size")),
+        "vae_fingerprint": _training_fingerprint(extra),
+    }
+    return heads, mean_env, info
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _training_fingerprint(extra: dict) -> str | None:
+    """The fingerprint of the VAE the heads were trained on, as recorded in the metadata."""
+    for key in ("vae_fingerprint", "fingerprint"):
+        if isinstance(extra.get(key), str):
+            return extra[key]
+    vae = extra.get("vae")
+    if isinstance(vae, dict) and isinstance(vae.get("fingerprint"), str):
+        return vae["fingerprint"]
+    return None
+
+
+def vae_mismatch_warning(info: dict, vae: object) -> str | None:
+    """One warning line if the heads were trained on a VAE with another fingerprint, else None."""
+    trained, given = info.get("vae_fingerprint"), getattr(vae, "fingerprint", None)
+    if trained and given and trained != given:
+        return (
+            f"warning: {info['checkpoint']}: heads were trained on VAE {trained}, "
+            f"but the given VAE is {given}; results may be poor"
+        )
+    return None
+
+
+def model_size(info: dict, size: int | None) -> int:
+    """The model input size: ``size`` if given, else the heads' training size, else 512."""
+    chosen = size or info.get("image_size") or DEFAULT_SIZE
+    if chosen % 8 or chosen < 8:
+        raise DelitError(f"--size {chosen}: the model size must be a positive multiple of 8")
+    return int(chosen)
+
+
+def load_vae_and_model(
+    checkpoint: str | Path,
+    vae: str | Path | torch.nn.Module,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    size: int | None = None,
+    warn: bool = True,
+) -> tuple[DelitModel, PortraitTransform, torch.Tensor | None, dict]:
+    """Checkpoint + VAE (path, ``"demo"`` or a loaded ``WanVAE``) -> model, transform, mean env, info."""
+    heads, mean_env, info = resolve_checkpoint(checkpoint)
+    device = resolve_device(device)
+    if not isinstance(vae, torch.nn.Module):
+        from delit_cache.vae import load_wan_vae
+
+        vae = load_wan_vae(vae, device=device, dtype=resolve_dtype(dtype))
+    message = vae_mismatch_warning(info, vae)
+    if message and warn:
+        print(message, file=sys.stderr)
+    info["vae_warning"] = message
+    info["vae_fingerprint_given"] = getattr(vae, "fingerprint", None)
+    image_size = model_size(info, size)
+    info["model_size"] = image_size
+    model, transform = create_model_and_transforms(vae, heads, image_size=image_size, device=device)
+    return model, transform, mean_env, info
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> cuda when available else cpu; anything else is checked."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DelitError(f"--device {device}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DelitError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"bfloat16"`` (or one of those torch dtypes) -> torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise DelitError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and output names
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files and folders -> (image files, one-line problems for inputs that do not exist).
+
+    Folders are searched recursively for png/jpg/jpeg/webp/tif files; each folder's files and
+    the list as a whole keep the given order, folder contents sorted. Duplicates are dropped.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(f"{path}: folder holds no png/jpg/jpeg/webp/tif images")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(files))
+    return unique, problems
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """A distinct output stem for every input path.
+
+    A file keeps its stem unless another input shares it; same-stem inputs are named by their
+    path relative to their common folder, joined with ``__`` (``a/x.png``, ``b/x.png`` ->
+    ``a__x``, ``b__x``), with the extension added if still equal (``x.png``, ``x.jpg`` ->
+    ``x_png``, ``x_jpg``); a numeric suffix settles anything left.
+    """
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for p in paths:
+        by_stem[p.stem].append(p)
+    names: dict[Path, str] = {}
+    for stem, group in by_stem.items():
+        if len(group) == 1:
+            names[group[0]] = stem
+            continue
+        resolved = [p.resolve() for p in group]
+        root = Path(_common_parent(resolved))
+        rel = ["__".join(r.relative_to(root).with_suffix("").parts) for r in resolved]
+        dup = {n for n in rel if rel.count(n) > 1}
+        rel = [
+            f"{n}_{p.suffix.lstrip('.').lower()}" if n in dup else n
+            for n, p in zip(rel, group, strict=True)
+        ]
+        names.update(zip(group, rel, strict=True))
+    seen: set[str] = set()
+    for p in paths:
+        base, name, k = names[p], names[p], 2
+        while name in seen:
+            name, k = f"{base}_{k}", k + 1
+        seen.add(name)
+        names[p] = name
+    return names
+
+
+def _common_parent(paths: Sequence[Path]) -> str:
+    import os.path
+
+    return os.path.commonpath([str(p.parent) for p in paths])
+
+
+def to_image_tensor(image: np.ndarray | torch.Tensor | object) -> torch.Tensor:
+    """A photo -> float32 ``[3,H,W]`` in [0,1].
+
+    Accepts a PIL image; a numpy array ``[H,W]``/``[H,W,C]`` (channels last); or a torch tensor
+    ``[3,H,W]`` (channels first, the library convention) or ``[H,W,3]``. Values are uint8 or
+    floats in [0,1] (clipped); a fourth (alpha) channel is dropped, grey is replicated.
+    """
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        if not hasattr(image, "convert"):
+            raise TypeError(f"expected an array, tensor or PIL image, got {type(image).__name__}")
+        image = np.asarray(image.convert("RGB"))  # type: ignore[attr-defined]
+    if isinstance(image, np.ndarray):
+        x = torch.from_numpy(np.array(image))  # a copy: PIL arrays are read-only
+        x = x[..., None] if x.ndim == 2 else x
+        x = x.permute(2, 0, 1) if x.ndim == 3 else x
+    else:
+        x = image.detach().cpu()
+        x = x[None] if x.ndim == 2 else x
+        if x.ndim == 3 and x.shape[0] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+            x = x.permute(2, 0, 1)
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an RGB image, got shape {tuple(image.shape)}")
+    x = x[:3] if x.shape[0] >= 3 else x.expand(3, -1, -1)
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    return x.float().clamp(0.0, 1.0).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# The Delighter
+
+
+@dataclass
+class DelitResult:
+    """One photo's result: ``flat`` [H,W,3] float32 in [0,1] (the photo's size, sRGB-encoded
+    like the input) and ``env`` [128,256,3] float32 linear HDR radiance."""
+
+    flat: np.ndarray
+    env: np.ndarray
+
+
+@dataclass
+class RunSummary:
+    """What ``Delighter.run`` did: outputs per input, and one-line problems for the failures."""
+
+    written: dict[Path, list[Path]] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        n_ok, n_bad = len(self.written), len(self.failed)
+        return f"delit infer: {n_ok} image(s) done, {n_bad} failed"
+
+
+class Delighter:
+    """Photos -> (flat-lit image, env map). Build with ``Delighter.from_pretrained``."""
+
+    def __init__(
+        self,
+        model: DelitModel,
+        transform: PortraitTransform,
+        device: torch.device,
+        batch_size: int = 4,
+        info: dict | None = None,
+    ):
+        if batch_size < 1:
+            raise DelitError(f"--batch-size {batch_size}: must be >= 1")
+        self.model = model.eval()
+        self.transform = transform
+        self.device = device
+        self.batch_size = batch_size
+        self.info = info or {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path,
+        vae: str | Path | torch.nn.Module,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        size: int | None = None,
+        batch_size: int = 4,
+    ) -> Delighter:
+        """Checkpoint (run folder, heads file or ``"demo"``) and VAE (path, ``"demo"`` or a
+        loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the VAE's compute dtype."""
+        dev = resolve_device(device)
+        model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size)
+        return cls(model, transform, dev, batch_size, info)
+
+    def __call__(self, image: np.ndarray | torch.Tensor | object) -> DelitResult:
+        """One photo (array [H,W,3], PIL image or tensor; values in [0,1] or uint8)."""
+        return self.predict([to_image_tensor(image)])[0]
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[torch.Tensor]) -> list[DelitResult]:
+        """Photos [3,H,W] in [0,1] of any sizes -> results, run in batches of ``batch_size``."""
+        results: list[DelitResult] = []
+        for start in range(0, len(images), self.batch_size):
+            results.extend(self._predict_batch(images[start : start + self.batch_size]))
+        return results
+
+    def _predict_batch(self, images: Sequence[torch.Tensor]) -> list[DelitResult]:
+        squares, placements = zip(*(self.transform(im) for im in images), strict=True)
+        batch = torch.stack(squares).to(self.device)
+        out = self.model.infer(batch)
+        flats = out["flat"].float().cpu()
+        envs = out["env"].float().cpu()
+        return [
+            DelitResult(
+                flat=self.transform.restore(f, p).permute(1, 2, 0).contiguous().numpy(),
+                env=e.permute(1, 2, 0).contiguous().numpy(),
+            )
+            for f, e, p in zip(flats, envs, placements, strict=True)
+        ]
+
+    def run(
+        self, inputs: Sequence[str | Path], out_dir: str | Path, progress: bool = True
+    ) -> RunSummary:
+        """Delight every photo in ``inputs`` (files or folders) into ``out_dir``.
+
+        Writes ``<name>_flat.png`` (the photo's size), ``<name>_env.exr`` (128 x 256 linear
+        HDR) and ``<name>_env.png`` (panorama and three spheres) atomically. An unreadable
+        photo is reported in one line on stderr and skipped; see ``RunSummary``.
+        """
+        from tqdm import tqdm
+
+        paths, problems = collect_inputs(inputs)
+        summary = RunSummary(failed=list(problems))
+        for line in problems:
+            tqdm.write(f"error: {line}", file=sys.stderr)
+        if not paths:
+            return summary
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        names = output_names(paths)
+        bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
+        for batch in _batches(paths, self.batch_size):
+            loaded = self._load_batch(batch, summary, bar)
+            if loaded:
+                results = self.predict([im for _, im in loaded])
+                for (path, _), res in zip(loaded, results, strict=True):
+                    summary.written[path] = write_result(res, out, names[path])
+            bar.update(len(batch))
+        bar.close()
+        return summary
+
+    def _load_batch(self, batch: Sequence[Path], summary: RunSummary, bar) -> list:
+        from delit_cache.imageio import read_ldr
+
+        loaded = []
+        for path in batch:
+            try:
+                loaded.append((path, to_image_tensor(read_ldr(path))))
+            except DelitError as exc:
+                summary.failed.append(str(exc))
+                bar.write(f"error: {exc}", file=sys.stderr)
+        return loaded
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_result(result: DelitResult, out_dir: Path, name: str) -> list[Path]:
+    """Write ``<name>_flat.png``, ``<name>_env.exr`` and ``<name>_env.png``; return the paths."""
+    from delit_cache.envshow import env_figure
+    from delit_cache.imageio import write_exr, write_png
+
+    flat_path = out_dir / f"{name}_flat.png"
+    exr_path = out_dir / f"{name}_env.exr"
+    fig_path = out_dir / f"{name}_env.png"
+    write_png(flat_path, result.flat)
+    write_exr(exr_path, result.env)
+    write_png(fig_path, env_figure(torch.from_numpy(result.env).permute(2, 0, 1)))
+    return [flat_path, exr_path, fig_path]

@@ -1,0 +1,234 @@
+"""Lighting for synthetic portraits: real HDRIs (rotated, exposed) and procedural env maps.
+
+Procedural kinds (all ``[3,128,256]`` linear radiance in the project's equirectangular
+convention, see ``delit_cache.envmap``): ``sky`` (clear sky with a sun disc and lit ground),
+``overcast`` (CIE-like overcast sky), ``indoor`` (room with ceiling area lights and a window),
+``studio`` (dark studio with key, fill and rim soft boxes) and ``neon`` (dark room with
+saturated coloured lights). Small sources are normalised by their integrated energy, so a
+source of a few pixels keeps the intended irradiance.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from delit_cache.envmap import ENV_SIZE, direction_grid, load_env, rotate_env, solid_angles
+
+KINDS = ("sky", "overcast", "indoor", "studio", "neon")
+KIND_WEIGHTS = (0.3, 0.15, 0.2, 0.2, 0.15)
+# (kelvin, rgb) for colour temperatures, luminance-normalised below
+_KELVIN = [
+    (2700, (1.0, 0.62, 0.32)),
+    (3200, (1.0, 0.7, 0.45)),
+    (4000, (1.0, 0.8, 0.62)),
+    (5000, (1.0, 0.9, 0.8)),
+    (5600, (1.0, 0.94, 0.88)),
+    (6500, (1.0, 1.0, 1.0)),
+    (8000, (0.86, 0.91, 1.0)),
+    (10000, (0.76, 0.84, 1.0)),
+]
+LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached direction grid ``[3,h,w]`` and solid angles ``[h,w]``."""
+    return direction_grid(h, w), solid_angles(h, w)
+
+
+def kelvin_rgb(kelvin: float) -> torch.Tensor:
+    """Colour ``[3]`` of a black-body-like source at ``kelvin`` (2700-10000), luminance 1."""
+    ks = [k for k, _ in _KELVIN]
+    cols = np.array([c for _, c in _KELVIN])
+    rgb = torch.tensor([np.interp(kelvin, ks, cols[:, i]) for i in range(3)], dtype=torch.float32)
+    return rgb / (rgb @ LUMA)
+
+
+def direction(azimuth_deg: float, elevation_deg: float) -> torch.Tensor:
+    """Unit vector for an azimuth (0 = straight ahead of the camera, -z; 90 = +x; 180 = toward
+    the camera, +z) and an elevation above the horizon, in degrees."""
+    phi, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return torch.tensor([math.cos(el) * math.sin(phi), math.sin(el), -math.cos(el) * math.cos(phi)])
+
+
+def lobe(dirs: torch.Tensor, centre: torch.Tensor, kappa: float) -> torch.Tensor:
+    """von Mises-Fisher-like lobe ``exp(kappa (d.c - 1))`` -> ``[h,w]`` in [0, 1]."""
+    return torch.exp(kappa * ((dirs * centre[:, None, None]).sum(0) - 1.0))
+
+
+def add_source(
+    env: torch.Tensor, centre: torch.Tensor, kappa: float, irradiance: float, rgb: torch.Tensor
+) -> None:
+    """Add a lobe whose integral (radiance x solid angle) is ``irradiance * rgb`` (in place)."""
+    dirs, omega = _grid(*env.shape[-2:])
+    shape = lobe(dirs, centre, kappa)
+    env += rgb[:, None, None] * (irradiance / float((shape * omega).sum())) * shape
+
+
+def soft_rect(
+    dirs: torch.Tensor, az: float, el: float, half_w: float, half_h: float, soft: float = 2.0
+) -> torch.Tensor:
+    """Soft-edged rectangle in (azimuth, elevation) degrees -> ``[h,w]`` weights in [0, 1]."""
+    azm = torch.rad2deg(torch.atan2(dirs[0], -dirs[2]))
+    elv = torch.rad2deg(torch.asin(dirs[1].clamp(-1, 1)))
+    daz = (azm - az + 180.0) % 360.0 - 180.0
+    wx = ((half_w - daz.abs()) / soft).clamp(0, 1)
+    wy = ((half_h - (elv - el).abs()) / soft).clamp(0, 1)
+    return wx * wy
+
+
+def _sky(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    up = dirs[1].clamp_min(0)
+    zenith = torch.tensor([0.18, 0.32, 0.75]) * float(rng.uniform(0.6, 1.2))
+    horizon = torch.tensor([0.6, 0.7, 0.85]) * float(rng.uniform(0.8, 1.4))
+    t = up.sqrt()[None]
+    env = horizon[:, None, None] * (1 - t) + zenith[:, None, None] * t
+    el, az = float(rng.uniform(5, 70)), float(rng.uniform(-180, 180))
+    sun_dir = direction(az, el)
+    env = env + 0.4 * horizon[:, None, None] * lobe(dirs, sun_dir, 8.0)
+    sun_e = float(rng.uniform(3.0, 8.0)) * float(rng.choice([1.0, 1.0, 0.35]))
+    ground = torch.tensor(np.array([1.0, 0.85, 0.65]) * rng.uniform(0.08, 0.3), dtype=torch.float32)
+    ground = ground * torch.tensor(np.exp(rng.normal(0, 0.08, 3)), dtype=torch.float32)
+    g_rad = ground * (sun_e * math.sin(math.radians(el)) + 2.0) / math.pi
+    below = (dirs[1] < 0)[None]
+    env = torch.where(below, g_rad[:, None, None].expand_as(env), env)
+    add_source(env, sun_dir, 1500.0, sun_e, kelvin_rgb(float(rng.uniform(4500, 6000))))
+    return env
+
+
+def _overcast(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    lz = float(rng.uniform(0.8, 1.6))
+    col = kelvin_rgb(float(rng.uniform(6000, 8000)))
+    sky = lz * (1 + 2 * dirs[1].clamp_min(0)) / 3
+    bright = direction(float(rng.uniform(-180, 180)), float(rng.uniform(20, 60)))
+    sky = sky * (1 + float(rng.uniform(0, 1.5)) * lobe(dirs, bright, 4.0))
+    ground = float(rng.uniform(0.05, 0.2)) * lz
+    rad = torch.where(dirs[1] >= 0, sky, torch.full_like(sky, ground))
+    return col[:, None, None] * rad[None]
+
+
+def _indoor(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    wall = torch.tensor(rng.uniform(0.4, 0.9, 3), dtype=torch.float32) * float(
+        rng.uniform(0.05, 0.2)
+    )
+    floor = wall * float(rng.uniform(0.3, 0.7))
+    env = torch.where((dirs[1] >= -0.2)[None], wall[:, None, None], floor[:, None, None]).clone()
+    lamp = kelvin_rgb(float(rng.uniform(2700, 5000)))
+    for _ in range(int(rng.integers(1, 4))):
+        rect = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(45, 80), rng.uniform(6, 20),
+                         rng.uniform(3, 8))  # fmt: skip
+        env += lamp[:, None, None] * float(rng.uniform(4, 15)) * rect
+    if rng.uniform() < 0.75:
+        win = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(0, 20), rng.uniform(10, 30),
+                        rng.uniform(12, 25))  # fmt: skip
+        env += (
+            kelvin_rgb(float(rng.uniform(6000, 9000)))[:, None, None]
+            * float(rng.uniform(2, 8))
+            * win
+        )
+    return env
+
+
+def _studio(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    env = torch.full((3, h, w), float(rng.uniform(0.005, 0.05)))
+    side = float(rng.choice([-1.0, 1.0]))
+    key = kelvin_rgb(float(rng.uniform(4500, 6500)))
+    key_e = float(rng.uniform(2.0, 5.0))
+    add_source(env, direction(180 - side * rng.uniform(20, 70), rng.uniform(10, 45)),
+               float(rng.uniform(15, 80)), key_e, key)  # fmt: skip
+    fill = key if rng.uniform() < 0.7 else _saturated(rng)
+    add_source(env, direction(180 + side * rng.uniform(30, 80), rng.uniform(0, 30)),
+               float(rng.uniform(5, 20)), key_e * float(rng.uniform(0.05, 0.5)), fill)  # fmt: skip
+    if rng.uniform() < 0.7:
+        rim = key if rng.uniform() < 0.6 else _saturated(rng)
+        add_source(env, direction(side * rng.uniform(20, 70), rng.uniform(10, 40)),
+                   float(rng.uniform(40, 200)), key_e * float(rng.uniform(0.3, 1.5)), rim)  # fmt: skip
+    return env
+
+
+def _saturated(rng: np.random.Generator) -> torch.Tensor:
+    """A saturated random colour with luminance 1."""
+    hue = float(rng.uniform(0, 1))
+    rgb = torch.tensor([max(0.0, math.cos(2 * math.pi * (hue - k / 3))) ** 2 for k in range(3)])
+    rgb = rgb + 0.05
+    return rgb / (rgb @ LUMA)
+
+
+def _neon(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    env = torch.full((3, h, w), float(rng.uniform(0.005, 0.03)))
+    for _ in range(int(rng.integers(2, 5))):
+        col = _saturated(rng)
+        if rng.uniform() < 0.5:
+            add_source(env, direction(rng.uniform(-180, 180), rng.uniform(-10, 50)),
+                       float(rng.uniform(10, 60)), float(rng.uniform(0.5, 3)), col)  # fmt: skip
+        else:
+            strip = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(-10, 30), rng.uniform(1, 3),
+                              rng.uniform(10, 40), soft=1.0)  # fmt: skip
+            env += col[:, None, None] * float(rng.uniform(1, 6)) * strip
+    return env
+
+
+_BUILDERS = {
+    "sky": _sky,
+    "overcast": _overcast,
+    "indoor": _indoor,
+    "studio": _studio,
+    "neon": _neon,
+}
+
+
+def procedural_env(
+    kind: str, rng: np.random.Generator, size: tuple[int, int] = ENV_SIZE
+) -> torch.Tensor:
+    """A random env map of ``kind`` (one of ``KINDS``) -> ``[3,h,w]`` linear radiance >= 0."""
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown procedural env kind {kind!r}; choose from {KINDS}")
+    return _BUILDERS[kind](rng, *size).clamp_min(0.0).contiguous()
+
+
+def packaged_hdri_dir() -> Path | None:
+    """The packaged ``delit_cache/assets/hdri`` folder, if it holds any ``.exr``."""
+    d = Path(__file__).resolve().parent.parent / "assets" / "hdri"
+    return d if d.is_dir() and any(d.glob("*.exr")) else None
+
+
+def list_hdris(hdri_dir: str | Path | None) -> list[Path]:
+    """Sorted ``.exr``/``.hdr`` files of ``hdri_dir`` (``None``: the packaged folder or none)."""
+    d = Path(hdri_dir) if hdri_dir is not None else packaged_hdri_dir()
+    if d is None:
+        return []
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in (".exr", ".hdr"))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_hdri(path: str) -> torch.Tensor:
+    return load_env(path)
+
+
+def sample_env(
+    rng: np.random.Generator, hdris: list[Path], p_hdri: float = 0.5
+) -> tuple[torch.Tensor, dict]:
+    """Draw an env map ``[3,128,256]`` and its metadata.
+
+    With probability ``p_hdri`` (if ``hdris`` is not empty) a real HDRI rotated by a random
+    angle and scaled by 2**U(-1, 1); otherwise a procedural kind drawn by ``KIND_WEIGHTS``.
+    """
+    if hdris and rng.uniform() < p_hdri:
+        path = hdris[int(rng.integers(len(hdris)))]
+        rot = float(rng.uniform(0, 360))
+        gain = float(2.0 ** rng.uniform(-1, 1))
+        env = rotate_env(_load_hdri(str(path)), rot) * gain
+        return env, {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3),
+                     "env_gain": gain}  # fmt: skip
+    kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+    return procedural_env(kind, rng), {"env_source": f"procedural:{kind}", "env_rotation": 0.0,
+                                       "env_gain": 1.0}  # fmt: skip

@@ -1,0 +1,169 @@
+"""delit infer and the Delighter API: output files and sizes, failures, name collisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli.app import main
+from delit_cache.checkpoint import save_heads
+from delit_cache.inference import Delighter, collect_inputs, output_names, to_image_tensor
+from delit_cache.models import DelitConfig, create_heads
+
+SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
+SIZE = 32  # model size for these tests
+
+
+@pytest.fixture(scope="module")
+def heads_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "heads.safetensors"
+    return save_heads(create_heads(SMALL, seed=0), path, extra={"image_size": SIZE})
+
+
+@pytest.fixture(scope="module")
+def delighter(heads_file, tiny_vae):
+    return Delighter.from_pretrained(heads_file, tiny_vae, device="cpu", batch_size=2)
+
+
+def photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth uint8 RGB photo [h,w,3]."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 4, 4, generator=gen)
+    img = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear")[0]
+    return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Odd-sized photos, same-stem photos in two folders, one unreadable file."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a").mkdir()
+    (root / "b" / "deep").mkdir(parents=True)
+    Image.fromarray(photo(50, 75, 1)).save(root / "wide.png")  # 75 wide x 50 high
+    Image.fromarray(photo(41, 23, 2)).save(root / "a" / "face.jpg", quality=95)
+    Image.fromarray(photo(30, 30, 3)).save(root / "b" / "deep" / "face.png")
+    (root / "b" / "broken.png").write_bytes(b"this is not a png")
+    (root / "b" / "notes.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+def test_infer_writes_three_files_per_input_and_reports_failures(
+    inputs, heads_file, tiny_vae_pth, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = [
+        "infer", str(inputs / "wide.png"), str(inputs / "a"), str(inputs / "b"),
+        "--checkpoint", str(heads_file), "--vae", str(tiny_vae_pth), "--out", str(out),
+        "--device", "cpu", "--batch-size", "2",
+    ]  # fmt: skip
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1  # one input failed
+    broken = [line for line in err.splitlines() if "broken.png" in line]
+    assert len(broken) == 1 and broken[0].startswith("error: ")
+    assert "3 image(s) done, 1 failed" in err
+    expected = {"wide": (50, 75), "a__face": (41, 23), "b__deep__face": (30, 30)}
+    names = {p.name for p in out.iterdir()}
+    assert names == {f"{n}_{s}" for n in expected for s in ("flat.png", "env.exr", "env.png")}
+    from delit_cache.imageio import read_hdr, read_ldr
+
+    for name, (h, w) in expected.items():
+        assert read_ldr(out / f"{name}_flat.png").shape == (h, w, 3)
+        env = read_hdr(out / f"{name}_env.exr")
+        assert env.shape == (128, 256, 3) and np.isfinite(env).all() and env.min() >= 0
+        fig = read_ldr(out / f"{name}_env.png")
+        assert fig.ndim == 3 and fig.shape[1] > fig.shape[0]  # panorama beside the spheres
+    # same stem, different folders: distinct outputs with distinct content
+    a = read_ldr(out / "a__face_flat.png")
+    b = read_ldr(out / "b__deep__face_flat.png")
+    assert a.shape != b.shape
+
+
+def test_infer_exit_0_when_all_succeed(inputs, heads_file, tiny_vae_pth, tmp_path, capsys):
+    code = main(
+        ["infer", str(inputs / "wide.png"), "--checkpoint", str(heads_file), "--vae",
+         str(tiny_vae_pth), "--out", str(tmp_path), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    assert "1 image(s) done, 0 failed" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_infer_bad_checkpoint_exits_2(inputs, tiny_vae_pth, tmp_path, capsys):
+    code = main(
+        ["infer", str(inputs / "wide.png"), "--checkpoint", str(tiny_vae_pth), "--vae",
+         str(tiny_vae_pth), "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_delighter_call_accepts_arrays_pil_and_tensors(delighter):
+    img = photo(50, 75, 1)
+    from_pil = to_image_tensor(Image.fromarray(img))
+    assert torch.equal(from_pil, to_image_tensor(img))
+    results = [delighter(img), delighter(torch.from_numpy(img).permute(2, 0, 1).float() / 255.0)]
+    for r in results:
+        assert r.flat.shape == (50, 75, 3) and r.flat.dtype == np.float32
+        assert 0.0 <= r.flat.min() and r.flat.max() <= 1.0
+        assert r.env.shape == (128, 256, 3) and r.env.dtype == np.float32
+        assert np.isfinite(r.env).all() and r.env.min() >= 0
+    np.testing.assert_allclose(results[1].flat, results[0].flat, atol=1e-5)
+    np.testing.assert_allclose(results[1].env, results[0].env, rtol=1e-4, atol=1e-5)
+
+
+def test_untrained_delighter_returns_the_photo_through_the_codec(delighter, tiny_vae):
+    """Untrained heads: flat = restore(decode(encode(letterboxed photo)))."""
+    img = to_image_tensor(photo(50, 75, 1))
+    square, placement = delighter.transform(img)
+    expected = delighter.transform.restore(tiny_vae.roundtrip(square[None])[0], placement)
+    got = delighter(img).flat
+    np.testing.assert_allclose(got, expected.permute(1, 2, 0).numpy(), atol=1e-4)
+
+
+def test_batched_equals_one_by_one(delighter):
+    """Two photos of different sizes in one batch give what each gives alone."""
+    images = [to_image_tensor(photo(47, 33, 5)), to_image_tensor(photo(20, 64, 6))]
+    batched = delighter.predict(images)  # batch size 2: one batch
+    for im, res in zip(images, batched, strict=True):
+        single = delighter(im)
+        assert res.flat.shape == (*im.shape[1:], 3)
+        np.testing.assert_allclose(res.flat, single.flat, atol=1e-4)
+        np.testing.assert_allclose(res.env, single.env, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(batched[0].env, batched[1].env)
+
+
+def test_output_names_disambiguate_same_stems(tmp_path):
+    paths = [
+        tmp_path / "x" / "face.png",
+        tmp_path / "y" / "face.png",
+        tmp_path / "z" / "face.png",
+        tmp_path / "z" / "face.jpg",
+        tmp_path / "solo.png",
+    ]
+    names = output_names(paths)
+    assert len(set(names.values())) == len(paths)
+    assert names[paths[0]] == "x__face" and names[paths[4]] == "solo"
+    assert names[paths[2]] == "z__face_png" and names[paths[3]] == "z__face_jpg"
+
+
+def test_collect_inputs_recurses_sorts_and_reports_missing(inputs, tmp_path):
+    files, problems = collect_inputs([inputs / "b", inputs / "wide.png", tmp_path / "nope.png"])
+    assert [p.name for p in files] == ["broken.png", "face.png", "wide.png"]
+    assert len(problems) == 1 and "nope.png" in problems[0]
+
+
+def test_to_image_tensor_layouts():
+    hwc = np.zeros((5, 7, 3), np.uint8)
+    hwc[..., 1] = 255
+    x = to_image_tensor(hwc)
+    assert x.shape == (3, 5, 7) and x[1].min() == 1.0 and x[0].max() == 0.0
+    assert to_image_tensor(np.zeros((5, 7), np.float32)).shape == (3, 5, 7)
+    assert to_image_tensor(np.zeros((5, 7, 4), np.uint8)).shape == (3, 5, 7)
+    assert to_image_tensor(torch.rand(3, 5, 7)).shape == (3, 5, 7)
+    assert to_image_tensor(torch.rand(5, 7, 3)).shape == (3, 5, 7)
+    with pytest.raises(TypeError):
+        to_image_tensor("not an image")
