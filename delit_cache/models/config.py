@@ -22,6 +22,7 @@ class DelitConfig:
     env_dim: int = 256  # env decoder: attention / panorama width (128 -> 256)
     env_layers: int = 2  # env decoder: cross- + self-attention layers over the panorama
     env_heads: int = 8  # env decoder: attention heads
+    env_min_channels: int = 32  # env decoder: narrowest upsampling width (at full resolution)
     env_size: tuple[int, int] = (128, 256)  # output panorama (height, width)
 
     def to_dict(self) -> dict:

@@ -3,9 +3,12 @@
 A panorama direction has no pixel under it (most of the sphere is behind the camera), so
 every output pixel must see the whole image. The decoder pools the image into a small grid
 of tokens (16 -> 128 channels), lets a fixed grid of learned panorama queries attend to
-them (cross-attention, then self-attention among the queries, 256 channels), and upsamples
-the query grid to the output size with wrap-around convolutions. The output is the encoding
-of ``delit_cache.envcode`` (sigmoid, so every channel lies in (0, 1)).
+them (cross-attention, then self-attention among the queries, 256 channels), and decodes
+the query grid twice: a linear read-out of each query gives a coarse panorama (bilinearly
+upsampled), and wrap-around convolutions upsample the query grid into a residual detail
+map. The upsampler has no normalisation layers: a per-image constant (the overall
+brightness and colour of the lighting) must survive to the output. The output is the
+encoding of ``delit_cache.envcode`` (sigmoid, so every channel lies in (0, 1)).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from delit_cache.models.config import DelitConfig
-from delit_cache.models.layers import PanoConv, ResBlock, norm
+from delit_cache.models.layers import PanoConv, ResBlock
 
 
 class QueryLayer(nn.Module):
@@ -42,16 +45,14 @@ class QueryLayer(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """x2 nearest upsampling, then a wrap-around 3x3 convolution."""
+    """x2 nearest upsampling, then a wrap-around 3x3 convolution and SiLU (no norm)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = PanoConv(in_channels, out_channels)
-        self.norm = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return F.silu(self.norm(self.conv(x)))
+        return F.silu(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
 
 
 class EnvDecoder(nn.Module):
@@ -77,9 +78,12 @@ class EnvDecoder(nn.Module):
         self.queries = nn.Parameter(0.02 * torch.randn(rows * cols, dim))
         self.global_in = nn.Linear(width, dim)  # pooled image summary added to every query
         self.layers = nn.ModuleList(QueryLayer(dim, cfg.env_heads) for _ in range(cfg.env_layers))
-        chans = [max(dim >> i, 32) for i in range(steps + 1)]
+        self.coarse = nn.Linear(dim, 4)  # per-query read-out: the coarse panorama
+        chans = [max(dim >> i, cfg.env_min_channels) for i in range(steps + 1)]
         self.up = nn.Sequential(*[UpBlock(chans[i], chans[i + 1]) for i in range(steps)])
-        self.head = PanoConv(chans[-1], 4)
+        self.head = PanoConv(chans[-1], 4)  # residual detail on top of the coarse map
+        nn.init.zeros_(self.head.conv.weight)
+        nn.init.zeros_(self.head.conv.bias)
 
     def forward(self, env_features: torch.Tensor) -> torch.Tensor:
         pooled = self.encoder(env_features)  # [B, width, grid, grid]
@@ -91,4 +95,7 @@ class EnvDecoder(nn.Module):
             queries = layer(queries, tokens)
         rows, cols = self.query_grid
         pano = rearrange(queries, "b (h w) c -> b c h w", h=rows, w=cols)
-        return torch.sigmoid(self.head(self.up(pano)))
+        coarse = rearrange(self.coarse(queries), "b (h w) c -> b c h w", h=rows, w=cols)
+        detail = self.head(self.up(pano))
+        coarse = F.interpolate(coarse, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(coarse + detail)

@@ -1,0 +1,380 @@
+"""The latent cache: a Zarr v3 store of frozen-VAE latents and env targets for stage two.
+
+``delit encode`` writes it (see ``delit_cache.encode``); ``delit train-heads`` and
+``delit eval`` read it through :class:`LatentCache`. Layout of ``CACHE.zarr`` (one group)::
+
+    relit_latent  float32 [R,16,h,w]      normalised Wan latent of the photo (h = size/8)
+    flat_latent   float32 [R,16,h,w]      normalised Wan latent of the flat-lit image
+    env           float32 [R,3,128,256]   env target, LINEAR HDR radiance (equirectangular,
+                                          area-resampled with envmap.resample_env; the
+                                          four-channel encoding is computed at train time)
+    key           str     [R]             sample key ("" = unused row); augmented variants
+                                          are "<key>#<k>", variant 0 is "<key>" itself
+    source        str     [R]             absolute path of the shard the sample came from
+    variant       int16   [R]             augmentation variant (0 = original)
+    block_done    uint8   [R/S]           1 once every array of block b is written
+
+Rows come in blocks of ``S = block_size`` rows; every data array is chunked one block per
+chunk (Blosc/zstd), so a block is written by one process in whole-chunk writes (zarr's
+local store writes each chunk to a temp file and renames it). A row is *valid* when its key
+is non-empty and its block's ``block_done`` flag is 1; the flag is written only after the
+block's arrays, so an interrupted encode never counts a half-written block. Appends start at
+the next block boundary (a partly filled last block keeps empty rows).
+
+Group attributes: ``format`` ("delit-latent-cache"), ``format_version``, ``vae_fingerprint``,
+``vae_dim``, ``z_dim``, ``image_size``, ``latent_size``, ``encode_dtype`` ("float32" or
+"bfloat16": inference must encode in the same precision), ``env_size``, ``env_format``
+("linear-hdr"), ``block_size``, ``augment`` (variants per sample), ``augment_seed``,
+``num_rows``, ``delit_version``, ``created``, ``updated`` (ISO 8601 UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+from delit_cache import __version__
+from delit_cache.errors import DelitError
+
+FORMAT = "delit-latent-cache"
+FORMAT_VERSION = 1
+ENV_SIZE = (128, 256)
+DATA_ARRAYS = ("relit_latent", "flat_latent", "env")
+VARIANT_SEP = "#"
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 (seconds)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def base_key(key: str) -> str:
+    """The source sample's key of a (possibly augmented) cache key: ``"a#2" -> "a"``."""
+    return key.split(VARIANT_SEP, 1)[0]
+
+
+def variant_key(key: str, variant: int) -> str:
+    """Cache key of augmentation ``variant`` of sample ``key`` (variant 0 is ``key``)."""
+    return key if variant == 0 else f"{key}{VARIANT_SEP}{variant}"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What must agree between every block of one cache (checked when a store is reopened)."""
+
+    vae_fingerprint: str  # hex fingerprint of the VAE weights (WanVAE.fingerprint)
+    vae_dim: int  # VAE width (96 for the real Wan 2.1 VAE)
+    image_size: int  # square model input side in pixels (multiple of 8)
+    encode_dtype: str  # "float32" or "bfloat16": precision of the encoder
+    augment: int = 1  # variants per sample (1 = no augmentation)
+    augment_seed: int = 0  # seed of the augmentation draws
+    z_dim: int = 16  # latent channels
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing side (used by delit_cache.encode)
+
+
+def open_store(path: str | Path, spec: CacheSpec, block_size: int) -> zarr.Group:
+    """Open the store at ``path`` for appending (creating it if needed), checking ``spec``.
+
+    Raises ``DelitError`` when the store was made with another VAE, image size, encode
+    precision or augmentation setting, or is not a delit cache.
+    """
+    path = Path(path)
+    if path.exists():
+        group = _open_group(path, mode="r+")
+        check_spec(path, dict(group.attrs), spec)
+        return group
+    if block_size < 1:
+        raise DelitError(f"{path}: block size must be >= 1, got {block_size}")
+    return _create_store(path, spec, block_size)
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group:
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise DelitError(f"{path}: no latent cache here (run delit encode first)") from None
+    except Exception as exc:
+        raise DelitError(f"{path}: not a readable Zarr store ({exc})") from None
+    if group.attrs.get("format") != FORMAT:
+        raise DelitError(f"{path}: not a delit latent cache (format {group.attrs.get('format')!r})")
+    if group.attrs.get("format_version") != FORMAT_VERSION:
+        raise DelitError(
+            f"{path}: cache format version {group.attrs.get('format_version')} is not "
+            f"supported (expected {FORMAT_VERSION})"
+        )
+    return group
+
+
+def check_spec(path: Path, attrs: dict[str, Any], spec: CacheSpec) -> None:
+    """Raise ``DelitError`` naming the first attribute where the store and ``spec`` differ."""
+    checks = (
+        ("vae_fingerprint", "VAE (fingerprint)", "use the VAE the cache was made with"),
+        ("image_size", "image size", "pass the same --size"),
+        ("encode_dtype", "encode precision", "pass the same --dtype"),
+        ("augment", "augmentation count", "pass the same --augment"),
+        ("augment_seed", "augmentation seed", "pass the same --seed"),
+        ("z_dim", "latent channels", "use a Wan 2.1 VAE"),
+    )
+    for name, what, hint in checks:
+        have, want = attrs.get(name), getattr(spec, name)
+        if have != want:
+            raise DelitError(
+                f"{path}: refusing to mix caches: the store holds {what} {have!r}, this run "
+                f"has {want!r} ({hint}, or write a new store)"
+            )
+
+
+def _create_store(path: Path, spec: CacheSpec, block_size: int) -> zarr.Group:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(str(path), mode="w-")
+    h = spec.latent_size
+    shapes = {
+        "relit_latent": (spec.z_dim, h, h),
+        "flat_latent": (spec.z_dim, h, h),
+        "env": (3, *ENV_SIZE),
+    }
+    for name, tail in shapes.items():
+        group.create_array(
+            name,
+            shape=(0, *tail),
+            chunks=(block_size, *tail),
+            dtype="float32",
+            compressors=_compressor(),
+            fill_value=0.0,
+        )
+    group.create_array("key", shape=(0,), chunks=(block_size,), dtype=str, fill_value="")
+    group.create_array("source", shape=(0,), chunks=(block_size,), dtype=str, fill_value="")
+    group.create_array("variant", shape=(0,), chunks=(block_size,), dtype="int16", fill_value=0)
+    group.create_array("block_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
+    stamp = now_iso()
+    group.attrs.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "vae_fingerprint": spec.vae_fingerprint,
+            "vae_dim": spec.vae_dim,
+            "z_dim": spec.z_dim,
+            "image_size": spec.image_size,
+            "latent_size": spec.latent_size,
+            "encode_dtype": spec.encode_dtype,
+            "env_size": list(ENV_SIZE),
+            "env_format": "linear-hdr",
+            "block_size": block_size,
+            "augment": spec.augment,
+            "augment_seed": spec.augment_seed,
+            "num_rows": 0,
+            "delit_version": __version__,
+            "created": stamp,
+            "updated": stamp,
+        }
+    )
+    return group
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One planned cache row: ``variant`` of sample ``key`` read from shard ``source``."""
+
+    key: str  # the sample's key in its shard (no variant suffix)
+    source: str  # absolute shard path
+    variant: int  # 0 = original
+
+
+def planned_keys(group: zarr.Group) -> set[str]:
+    """Every key planned in the store (written or still pending)."""
+    n = int(group.attrs["num_rows"])
+    keys = group["key"][:n] if n else np.array([], dtype=str)
+    return {str(k) for k in keys if k}
+
+
+def plan_append(group: zarr.Group, entries: Sequence[Entry]) -> range:
+    """Give ``entries`` rows at the end of the store (from a block boundary); return the blocks.
+
+    Grows every array, writes the rows' key/source/variant, then records the new row count
+    (last, so an interrupted plan is simply redone).
+    """
+    size = int(group.attrs["block_size"])
+    start = int(group.attrs["num_rows"])
+    n_blocks = math.ceil(len(entries) / size)
+    total = start + n_blocks * size
+    if not entries:
+        return range(start // size, start // size)
+    for name in (*DATA_ARRAYS, "key", "source", "variant"):
+        arr = group[name]
+        arr.resize((total, *arr.shape[1:]))
+    keys = np.full(n_blocks * size, "", dtype=object)
+    sources = np.full(n_blocks * size, "", dtype=object)
+    variants = np.zeros(n_blocks * size, dtype="int16")
+    for i, e in enumerate(entries):
+        keys[i] = variant_key(e.key, e.variant)
+        sources[i], variants[i] = e.source, e.variant
+    group["key"][start:total] = keys.astype(str)
+    group["source"][start:total] = sources.astype(str)
+    group["variant"][start:total] = variants
+    done = group["block_done"]
+    done.resize((total // size,))
+    done[start // size :] = 0
+    group.attrs["num_rows"] = total
+    return range(start // size, total // size)
+
+
+def pending_blocks(group: zarr.Group) -> list[int]:
+    """Blocks planned but not yet written (in order)."""
+    size, n = int(group.attrs["block_size"]), int(group.attrs["num_rows"])
+    if n == 0:
+        return []
+    done = group["block_done"][: n // size]
+    return [int(b) for b in np.flatnonzero(done == 0)]
+
+
+def block_rows(group: zarr.Group, block: int) -> list[tuple[int, str, str, int]]:
+    """``(row, key, source, variant)`` of the non-empty rows of ``block``."""
+    size = int(group.attrs["block_size"])
+    lo, hi = block * size, (block + 1) * size
+    keys, sources = group["key"][lo:hi], group["source"][lo:hi]
+    variants = group["variant"][lo:hi]
+    return [
+        (lo + i, str(k), str(s), int(v))
+        for i, (k, s, v) in enumerate(zip(keys, sources, variants, strict=True))
+        if k
+    ]
+
+
+def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` (``relit_latent``, ``flat_latent``, ``env``; first dim = rows of the
+    block, padded here to whole chunks), then mark the block done."""
+    size = int(group.attrs["block_size"])
+    lo = block * size
+    for name in DATA_ARRAYS:
+        data = np.asarray(arrays[name], dtype=np.float32)
+        if data.shape[0] < size:
+            pad = np.zeros((size - data.shape[0], *data.shape[1:]), dtype=np.float32)
+            data = np.concatenate([data, pad])
+        group[name][lo : lo + size] = data
+    group["block_done"][block] = 1
+
+
+def touch(group: zarr.Group) -> None:
+    """Record the update time and the current delit version."""
+    group.attrs.update({"updated": now_iso(), "delit_version": __version__})
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading side
+
+
+def _key_hash(seed: int, key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+class LatentCache:
+    """Read access to a cache written by ``delit encode`` (only fully written rows).
+
+    ``cache[i]`` -> dict(key, relit_latent [16,h,w], flat_latent [16,h,w], env [3,128,256]
+    linear HDR) as float32 tensors; ``read(name, indices)`` -> numpy ``[len(indices), ...]``.
+    Indices run over the valid rows in store order, ``0 .. len(cache) - 1``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.group = _open_group(self.path, mode="r")
+        self.metadata: dict[str, Any] = dict(self.group.attrs)
+        n = int(self.metadata["num_rows"])
+        size = int(self.metadata["block_size"])
+        keys = self.group["key"][:n] if n else np.array([], dtype=str)
+        done = np.repeat(self.group["block_done"][: n // size], size) if n else np.zeros(0)
+        valid = np.flatnonzero((keys != "") & (done == 1)) if n else np.zeros(0, dtype=np.int64)
+        self.rows = valid.astype(np.int64)
+        self.keys: list[str] = [str(k) for k in keys[self.rows]] if n else []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"LatentCache({str(self.path)!r}, samples={len(self)})"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.group["relit_latent"].shape[1:])
+
+    def read(self, name: str, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Array ``name`` at cache ``indices`` (all when None) -> float32 numpy, sorted reads."""
+        if name not in DATA_ARRAYS:
+            raise KeyError(f"unknown cache array {name!r} (have {DATA_ARRAYS})")
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        arr = self.group[name]
+        if idx.size == 0:
+            return np.zeros((0, *arr.shape[1:]), dtype=np.float32)
+        rows = self.rows[idx]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((idx.size, *arr.shape[1:]), dtype=np.float32)
+        out[order] = arr.oindex[rows[order]]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"cache index {i} out of range for {len(self)} samples")
+        i = i % len(self)
+        out: dict[str, Any] = {"key": self.keys[i]}
+        for name in DATA_ARRAYS:
+            out[name] = torch.from_numpy(self.read(name, [i])[0])
+        return out
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+        """Deterministic (train, val) index lists, by a hash of each sample's base key.
+
+        A sample's side depends only on (seed, key), so it stays put when the cache grows;
+        augmented variants of one sample share a side. With ``0 < val_fraction < 1`` and at
+        least two distinct samples, both sides are non-empty.
+        """
+        if not 0.0 <= val_fraction < 1.0:
+            raise DelitError(f"{self.path}: val fraction must be in [0, 1), got {val_fraction}")
+        bases = sorted({base_key(k) for k in self.keys})
+        score = {b: _key_hash(seed, b) for b in bases}
+        val_bases = {b for b in bases if score[b] < val_fraction}
+        if val_fraction > 0 and len(bases) >= 2:
+            ranked = sorted(bases, key=score.__getitem__)
+            if not val_bases:
+                val_bases = {ranked[0]}
+            elif len(val_bases) == len(bases):
+                val_bases.discard(ranked[-1])
+        train = [i for i, k in enumerate(self.keys) if base_key(k) not in val_bases]
+        val = [i for i, k in enumerate(self.keys) if base_key(k) in val_bases]
+        return train, val
+
+    def mean_env(self, indices: Sequence[int] | None = None, chunk: int = 256) -> torch.Tensor:
+        """Mean linear HDR env map ``[3,128,256]`` over ``indices`` (all when None)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            raise DelitError(f"{self.path}: no samples to average the env map over")
+        total = np.zeros((3, *ENV_SIZE), dtype=np.float64)
+        for lo in range(0, idx.size, chunk):
+            total += self.read("env", idx[lo : lo + chunk]).sum(axis=0, dtype=np.float64)
+        return torch.from_numpy((total / idx.size).astype(np.float32))
+
+    def nbytes(self, names: Sequence[str] = DATA_ARRAYS) -> int:
+        """Bytes the valid rows of ``names`` take in memory as float32."""
+        per_row = sum(4 * math.prod(self.group[n].shape[1:]) for n in names)
+        return per_row * len(self)

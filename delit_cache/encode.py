@@ -1,0 +1,302 @@
+"""``delit encode``: frozen-VAE encoding of webdataset shards into the latent cache.
+
+Steps (see ``delit_cache.cache`` for the store layout):
+
+1. Rank 0 opens or creates the store (refusing another VAE, size, precision or
+   augmentation setting), lists the keys of every shard (tar headers only), drops keys the
+   store already plans, and appends the rest as whole blocks of rows.
+2. After a barrier every rank lists the blocks not yet marked done (new ones and those an
+   interrupted run left) and encodes blocks ``rank, rank + W, ...``: ranks never share a chunk.
+   Each block's arrays are written first, its ``block_done`` flag last.
+3. After a second barrier rank 0 stamps the update time.
+
+Rerunning the same command therefore resumes an interrupted encode, and running it with more
+shards appends them. Multi-process: launch with ``torchrun --nproc_per_node N`` or
+``accelerate launch``; the process group (gloo) only carries barriers and the plan's status.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from delit_cache import cache as cache_mod
+from delit_cache.augment import augment_sample
+from delit_cache.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup,
+    dist_info,
+    init_distributed,
+    resolve_rank_device,
+)
+from delit_cache.envmap import resample_env
+from delit_cache.errors import DelitError
+from delit_cache.models.transform import PortraitTransform
+from delit_cache.shards import decode_sample, expand_shards, raw_samples
+
+_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+class EncodeInterrupted(RuntimeError):
+    """Raised by the test hook ``stop_after_blocks`` to simulate a crash."""
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Per-run settings of the block encoder."""
+
+    size: int  # square model input side in pixels
+    batch_size: int  # images per VAE call (relit and flat together: 2x this)
+    seed: int  # augmentation seed
+    progress: bool  # show a progress bar on rank 0
+    stop_after_blocks: int | None = None  # test hook: raise EncodeInterrupted after n blocks
+
+
+@dataclass
+class EncodeSummary:
+    """What one ``encode_shards`` call did (counts for this rank unless noted)."""
+
+    rows: int  # valid rows in the store afterwards (rank 0's view)
+    planned: int  # rows newly planned by this call (all ranks)
+    skipped: int  # shard samples whose keys were already in the store
+    encoded: int  # rows encoded by this rank
+    seconds: float  # wall time of this rank's encoding
+
+
+def shard_keys(path: Path) -> list[str]:
+    """Sample keys of a tar shard in order, from the tar headers only."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                match = _MEMBER.match(member.name) if member.isfile() else None
+                if match and match.group(1) not in seen:
+                    seen.add(match.group(1))
+                    keys.append(match.group(1))
+    except (tarfile.TarError, OSError) as exc:
+        raise DelitError(f"{path}: not a readable tar shard ({exc})") from None
+    return keys
+
+
+def plan_entries(
+    shards: Sequence[Path], existing: set[str], augment: int
+) -> tuple[list[cache_mod.Entry], int]:
+    """New rows for ``shards`` (K variants per sample) not in ``existing``; and the skip count."""
+    entries: list[cache_mod.Entry] = []
+    skipped = 0
+    for shard in shards:
+        source = str(Path(shard).resolve())
+        for key in shard_keys(Path(shard)):
+            if cache_mod.VARIANT_SEP in key:
+                raise DelitError(f"{shard}: sample key {key!r} contains '#'")
+            for variant in range(augment):
+                if cache_mod.variant_key(key, variant) in existing:
+                    skipped += 1
+                else:
+                    entries.append(cache_mod.Entry(key, source, variant))
+    return entries, skipped
+
+
+def _plan_on_main(
+    out: Path, spec: cache_mod.CacheSpec, block_size: int, shards: list[Path]
+) -> tuple[int, int]:
+    """Rank 0: open/create the store and append the new rows; (planned, skipped)."""
+    group = cache_mod.open_store(out, spec, block_size)
+    entries, skipped = plan_entries(shards, cache_mod.planned_keys(group), spec.augment)
+    cache_mod.plan_append(group, entries)
+    return len(entries), skipped
+
+
+def _collective_plan(
+    info: DistInfo, out: Path, spec: cache_mod.CacheSpec, block_size: int, shards: list[Path]
+) -> tuple[int, int]:
+    """Plan on rank 0 and share the outcome; every rank raises the same DelitError on failure."""
+    result: tuple[str, object] = ("ok", (0, 0))
+    if info.is_main:
+        try:
+            result = ("ok", _plan_on_main(out, spec, block_size, shards))
+        except DelitError as exc:
+            result = ("error", str(exc))
+    result = broadcast_object(result)
+    if result[0] == "error":
+        raise DelitError(str(result[1]))
+    planned, skipped = result[1]  # type: ignore[misc]
+    return planned, skipped
+
+
+def _prepare(
+    raw: dict, variants: list[int], size: int, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Decode a raw sample and build its variants: (relit, flat [3,S,S] in [0,1], env HDR)."""
+    sample = decode_sample(raw)
+    env = resample_env(sample["env"].clamp_min(0.0), cache_mod.ENV_SIZE)
+    transform = PortraitTransform(size)
+    out = []
+    for v in variants:
+        relit, flat, env_v = augment_sample(
+            sample["relit"], sample["flat"], env, raw["__key__"], v, seed
+        )
+        out.append((transform(relit)[0], transform(flat)[0], env_v))
+    return out
+
+
+def iter_block_inputs(
+    group, blocks: Sequence[int], size: int, seed: int
+) -> Iterator[tuple[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]]:
+    """Yield ``(block, inputs in row order)`` for ``blocks``, reading each shard once."""
+    rows_of = {b: cache_mod.block_rows(group, b) for b in blocks}
+    wanted: OrderedDict[str, dict[str, list[tuple[int, int, int]]]] = OrderedDict()
+    for b in blocks:
+        for slot, (_, key, source, variant) in enumerate(rows_of[b]):
+            per_key = wanted.setdefault(source, {})
+            per_key.setdefault(cache_mod.base_key(key), []).append((b, slot, variant))
+    buffers: dict[int, list] = {b: [None] * len(rows_of[b]) for b in blocks}
+    filled = dict.fromkeys(blocks, 0)
+    for source, per_key in wanted.items():
+        if not Path(source).is_file():
+            raise DelitError(f"{source}: shard listed in the cache is gone (needed to resume)")
+        for raw in raw_samples([Path(source)]):
+            targets = per_key.pop(raw["__key__"], None)
+            if not targets:
+                continue
+            made = _prepare(raw, [v for _, _, v in targets], size, seed)
+            for (b, slot, _), item in zip(targets, made, strict=True):
+                buffers[b][slot] = item
+                filled[b] += 1
+                if filled[b] == len(buffers[b]):
+                    yield b, buffers.pop(b)
+        if per_key:
+            raise DelitError(f"{source}: sample {next(iter(per_key))!r} is missing from the shard")
+
+
+@torch.no_grad()
+def encode_block(
+    vae, inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch_size: int
+) -> dict[str, np.ndarray]:
+    """Encode one block's inputs -> numpy arrays for ``cache.write_block``."""
+    latents: dict[str, list[np.ndarray]] = {"relit_latent": [], "flat_latent": []}
+    device = next(vae.parameters()).device
+    for lo in range(0, len(inputs), batch_size):
+        part = inputs[lo : lo + batch_size]
+        images = torch.stack([r for r, _, _ in part] + [f for _, f, _ in part]).to(device)
+        z = vae.encode(images).float().cpu().numpy()
+        latents["relit_latent"].append(z[: len(part)])
+        latents["flat_latent"].append(z[len(part) :])
+    env = torch.stack([e for _, _, e in inputs]).float().numpy()
+    return {name: np.concatenate(parts) for name, parts in latents.items()} | {"env": env}
+
+
+def _encode_blocks(
+    group,
+    vae,
+    blocks: list[int],
+    opts: EncodeOptions,
+    info: DistInfo,
+) -> int:
+    """Encode and write ``blocks``; return the rows written."""
+    total = sum(len(cache_mod.block_rows(group, b)) for b in blocks)
+    bar = tqdm(
+        total=total,
+        unit="sample",
+        desc=f"encode rank {info.rank}" if info.enabled else "encode",
+        disable=not (opts.progress and info.is_main),
+        dynamic_ncols=True,
+    )
+    written = 0
+    stop = opts.stop_after_blocks
+    inputs = iter_block_inputs(group, blocks, opts.size, opts.seed)
+    for n_done, (block, items) in enumerate(inputs, start=1):
+        cache_mod.write_block(group, block, encode_block(vae, items, opts.batch_size))
+        written += len(items)
+        bar.update(len(items))
+        if stop is not None and n_done >= stop:
+            bar.close()
+            raise EncodeInterrupted(f"stopped after {n_done} blocks (test hook)")
+    bar.close()
+    return written
+
+
+def encode_shards(
+    vae_source: str | Path,
+    shards: str | Path | Sequence[str | Path],
+    out: str | Path,
+    size: int = 512,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+    augment: int = 1,
+    seed: int = 0,
+    block_size: int = 64,
+    progress: bool = True,
+    stop_after_blocks: int | None = None,
+    vae=None,
+) -> EncodeSummary:
+    """Encode the samples of ``shards`` into the cache ``out`` (create, resume or append).
+
+    ``size``: square model input side (multiple of 8); images are letterboxed like at
+    inference (``PortraitTransform``). ``dtype``: encoder precision, ``float32`` or ``bf16``
+    (recorded; inference must match). ``augment``: variants per sample (1 = originals only).
+    ``vae``: an already loaded ``WanVAE`` (skips loading ``vae_source``).
+    """
+    if size < 8 or size % 8:
+        raise DelitError(f"--size {size}: must be a positive multiple of 8")
+    if batch_size < 1 or augment < 1:
+        raise DelitError("--batch-size and --augment must be >= 1")
+    if dtype.lower() not in DTYPE_NAMES:
+        raise DelitError(f"--dtype {dtype}: use float32 or bf16")
+    out = Path(out)
+    info = dist_info()
+    init_distributed(info, backend="gloo")
+    try:
+        shard_list = expand_shards(shards)
+        if vae is None:
+            from delit_cache.vae import load_wan_vae
+
+            dev = resolve_rank_device(device, info)
+            vae = load_wan_vae(vae_source, dev, DTYPE_NAMES[dtype.lower()])
+        spec = cache_mod.CacheSpec(
+            vae_fingerprint=vae.fingerprint,
+            vae_dim=int(vae.dim),
+            image_size=size,
+            encode_dtype=DTYPE_NAMES[dtype.lower()],
+            augment=augment,
+            augment_seed=seed,
+            z_dim=int(vae.z_dim),
+        )
+        planned, skipped = _collective_plan(info, out, spec, block_size, shard_list)
+        barrier()
+        opts = EncodeOptions(size, batch_size, seed, progress, stop_after_blocks)
+        return _run_encode(out, vae, info, planned, skipped, opts)
+    finally:
+        cleanup()
+
+
+def _run_encode(
+    out: Path, vae, info: DistInfo, planned: int, skipped: int, opts: EncodeOptions
+) -> EncodeSummary:
+    """Encode this rank's share of the pending blocks, then let rank 0 stamp the store."""
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+")
+    mine = cache_mod.pending_blocks(group)[info.rank :: info.world_size]
+    start = time.perf_counter()
+    written = _encode_blocks(group, vae, mine, opts, info)
+    seconds = time.perf_counter() - start
+    barrier()
+    if info.is_main:
+        cache_mod.touch(group)
+    rows = len(cache_mod.LatentCache(out))
+    return EncodeSummary(rows, planned, skipped, written, seconds)

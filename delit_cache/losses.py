@@ -1,0 +1,113 @@
+"""Training losses and cheap validation metrics of the heads (latent and encoding space).
+
+* flat: L1 or MSE between predicted and target flat latents (normalised Wan latent space);
+* env: L1 on the four-channel encoding (``envcode``), each pixel weighted by its solid angle
+  (normalised to mean 1) so the poles do not dominate; the log channel counts
+  ``env_log_weight`` times;
+* spheres: ``render_spheres`` of ``decode_env(pred)`` vs of the target HDR (diffuse and matte
+  silver), compared as L1 between ``log1p`` radiances inside the disc.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from delit_cache.envcode import decode_env, encode_env
+from delit_cache.envmap import resample_env, solid_angles
+from delit_cache.render import render_spheres
+from delit_cache.trainconfig import TrainConfig
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_weights(h: int, w: int, device: str) -> torch.Tensor:
+    """Solid-angle weights ``[1,1,h,w]`` with mean 1."""
+    sa = solid_angles(h, w)
+    return (sa / sa.mean()).to(device)[None, None]
+
+
+def flat_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean L1 (``kind="l1"``) or MSE between flat latents ``[B,16,h,w]``."""
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    return F.l1_loss(pred, target)
+
+
+def env_code_loss(pred_code: torch.Tensor, target_code: torch.Tensor, log_weight: float = 1.0):
+    """Solid-angle-weighted L1 on the encoding ``[B,4,h,w]``: (colour, log) mean errors."""
+    w = _pixel_weights(*pred_code.shape[-2:], str(pred_code.device))
+    err = (pred_code - target_code).abs() * w
+    colour, log = err[:, :3].mean(), err[:, 3:].mean()
+    return (3.0 * colour + log_weight * log) / (3.0 + log_weight), colour, log
+
+
+def sphere_losses(
+    pred_code: torch.Tensor,
+    target_spheres: dict[str, torch.Tensor],
+    size: int,
+    env_size: tuple[int, int] = (32, 64),
+) -> dict[str, torch.Tensor]:
+    """L1 in log1p space between spheres rendered from the prediction and the targets.
+
+    The predicted env map is area-resampled to ``env_size`` first (the diffuse and matte
+    spheres only see low frequencies; it makes the loss cheap).
+    """
+    pred_env = resample_env(decode_env(pred_code.float()), tuple(env_size))
+    pred = render_spheres(pred_env, size=size)
+    mask = pred["mask"].float()[None, None]
+    denom = mask.sum() * 3.0 * pred_code.shape[0]
+    out = {}
+    for name in ("diffuse", "matte"):
+        diff = (torch.log1p(pred[name]) - torch.log1p(target_spheres[name])).abs() * mask
+        out[name] = diff.sum() / denom
+    return out
+
+
+@torch.no_grad()
+def target_spheres(
+    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int] = (32, 64)
+) -> dict[str, torch.Tensor]:
+    """Diffuse and matte spheres ``[B,3,S,S]`` of target env maps (no gradient)."""
+    spheres = render_spheres(resample_env(env_hdr.float(), tuple(env_size)), size=size)
+    return {"diffuse": spheres["diffuse"], "matte": spheres["matte"]}
+
+
+def compute_losses(
+    out: dict[str, torch.Tensor],
+    flat_target: torch.Tensor,
+    env_hdr: torch.Tensor,
+    cfg: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """All weighted terms and their sum ``total``; inputs float32, outputs scalar tensors."""
+    flat_pred = out["flat_latent"].float()
+    code_pred = out["env_code"].float()
+    code_target = encode_env(env_hdr)
+    losses: dict[str, torch.Tensor] = {"flat": flat_loss(flat_pred, flat_target, cfg.flat_loss)}
+    env, colour, log = env_code_loss(code_pred, code_target, cfg.env_log_weight)
+    losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
+    total = cfg.flat_weight * losses["flat"] + cfg.env_weight * env
+    if cfg.sphere_diffuse_weight > 0 or cfg.sphere_matte_weight > 0:
+        targets = target_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+        spheres = sphere_losses(code_pred, targets, cfg.sphere_size, cfg.sphere_env_size)
+        losses |= {"sphere_diffuse": spheres["diffuse"], "sphere_matte": spheres["matte"]}
+        total = total + cfg.sphere_diffuse_weight * spheres["diffuse"]
+        total = total + cfg.sphere_matte_weight * spheres["matte"]
+    losses["total"] = total
+    return losses
+
+
+@torch.no_grad()
+def env_metrics(code_pred: torch.Tensor, env_hdr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cheap env metrics per batch (means): log-HDR RMSE (log1p radiance, solid-angle
+    weighted), relative error of the total energy, and RMSE of the log channel."""
+    pred_hdr = decode_env(code_pred.float())
+    w = _pixel_weights(*env_hdr.shape[-2:], str(env_hdr.device))
+    sq = (torch.log1p(pred_hdr) - torch.log1p(env_hdr)) ** 2 * w
+    log_rmse = sq.mean(dim=(1, 2, 3)).sqrt().mean()
+    energy_p = (pred_hdr * w).mean(dim=(1, 2, 3))
+    energy_t = (env_hdr * w).mean(dim=(1, 2, 3))
+    energy_rel = ((energy_p - energy_t).abs() / energy_t.clamp_min(1e-6)).mean()
+    code_log_rmse = ((code_pred[:, 3] - encode_env(env_hdr)[:, 3]) ** 2).mean().sqrt()
+    return {"log_hdr_rmse": log_rmse, "energy_rel_err": energy_rel, "code_log_rmse": code_log_rmse}

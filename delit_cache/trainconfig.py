@@ -1,0 +1,159 @@
+"""``TrainConfig``: every setting of ``delit train-heads``, loaded from YAML, CLI on top.
+
+A YAML file holds any subset of the fields below (unknown keys are an error); the heads'
+architecture goes under ``model:`` with ``DelitConfig`` field names. Packaged configs live
+in the repository's ``configs/`` folder (``default.yaml``, ``tiny.yaml``); a name without a
+path resolves there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from delit_cache.errors import DelitError
+from delit_cache.models.config import DelitConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (``RUN/config.yaml`` holds the resolved copy)."""
+
+    model: dict[str, Any] = field(default_factory=dict)  # DelitConfig overrides (architecture)
+    steps: int | None = None  # optimiser steps; wins over ``epochs`` when both are set
+    epochs: int | None = 10  # passes over the training split (used when ``steps`` is None)
+    batch_size: int = 16  # samples per step and per process (global = this x world size)
+    lr: float = 3.0e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas
+    schedule: str = "cosine"  # "cosine" (decay to min_lr_ratio * lr) or "constant"
+    warmup_steps: int = 200  # linear warm-up steps from 0 to lr
+    min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
+    seed: int = 0  # weights init, data order and split
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast of the forward pass)
+    flat_loss: str = "l1"  # "l1" or "mse" between flat latents (normalised latent space)
+    flat_weight: float = 1.0  # weight of the flat latent loss
+    env_weight: float = 1.0  # weight of the L1 loss on the four-channel env encoding
+    env_log_weight: float = 2.0  # extra factor on the encoding's log channel (HDR magnitude)
+    sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
+    sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
+    sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
+    sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
+    val_fraction: float = 0.05  # share of samples (by key hash) held out for validation
+    val_every: int = 500  # validate every N steps (and at the end; 0 = only at the end)
+    val_batches: int = 0  # cap on validation batches (0 = the whole split)
+    log_every: int = 25  # log training losses to TensorBoard every N steps
+    ckpt_every: int = 1000  # write RUN/checkpoints every N steps (and at the end)
+    keep_last: int = 3  # rotating step_XXXXXX.pt checkpoints kept
+    in_memory: str = "auto"  # "auto" (load the cache when it fits), "yes" or "no" (per batch)
+    memory_fraction: float = 0.5  # "auto": load when the cache is below this share of free RAM
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK when available, else cpu), "cpu", "cuda"
+
+    def heads_config(self) -> DelitConfig:
+        """The ``DelitConfig`` of ``model:`` (defaults for fields not given)."""
+        try:
+            return DelitConfig.from_dict(dict(self.model))
+        except (ValueError, TypeError) as exc:
+            raise DelitError(f"model: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        data["sphere_env_size"] = list(self.sphere_env_size)
+        return data
+
+    def validate(self, where: str = "config") -> None:
+        """Raise ``DelitError`` for values no run can use."""
+        problems = []
+        if self.steps is None and self.epochs is None:
+            problems.append("one of steps or epochs must be set")
+        for name in ("steps", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be >= 1, got {value}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        choices = {
+            "schedule": ("cosine", "constant"),
+            "mixed_precision": ("no", "bf16"),
+            "flat_loss": ("l1", "mse"),
+            "in_memory": ("auto", "yes", "no"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.keep_last < 1 or self.ckpt_every < 1:
+            problems.append("keep_last and ckpt_every must be >= 1")
+        if problems:
+            raise DelitError(f"{where}: {problems[0]}")
+        self.heads_config()
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path: as given if it exists, else ``configs/<name>[.yaml]``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise DelitError(f"{name}: no such config file (nor in {CONFIG_DIR})")
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a ``TrainConfig`` from a mapping; unknown keys raise ``DelitError``."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DelitError(f"{where}: unknown training config keys {unknown}")
+    data = dict(data)
+    for name in ("betas", "sphere_env_size"):
+        if name in data:
+            data[name] = tuple(data[name])
+    if data.get("model") is None:
+        data["model"] = {}
+    cfg = TrainConfig(**data)
+    cfg.validate(where)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config (defaults when ``path`` is None) and apply non-None ``overrides``."""
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        file = resolve_config_path(path)
+        where = str(file)
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DelitError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise DelitError(f"{file}: a training config must be a YAML mapping")
+        data.update(loaded)
+    set_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "steps" in set_overrides and "epochs" not in set_overrides:
+        data["epochs"] = None
+    if "epochs" in set_overrides and "steps" not in set_overrides:
+        data["steps"] = None
+    data.update(set_overrides)
+    return config_from_dict(data, where)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from delit_cache.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

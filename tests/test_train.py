@@ -1,0 +1,175 @@
+"""delit train-heads: config, data order, run folder, checkpoints, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from delit_cache import cache as cm
+from delit_cache.checkpoint import heads_metadata, load_heads
+from delit_cache.errors import DelitError
+from delit_cache.train import Schedule, epoch_order, lr_lambda
+from delit_cache.trainconfig import TrainConfig, load_config, resolve_config_path
+
+SPEC = cm.CacheSpec(vae_fingerprint="feedbeef", vae_dim=8, image_size=32, encode_dtype="float32")
+
+
+def make_random_cache(path, n: int = 8, seed: int = 0) -> cm.LatentCache:
+    """A finished cache of ``n`` random samples (latents 4x4, smooth positive env maps)."""
+    group = cm.open_store(path, SPEC, block_size=4)
+    entries = [cm.Entry(f"r{i:02d}", "/nowhere.tar", 0) for i in range(n)]
+    rng = np.random.default_rng(seed)
+    for b in cm.plan_append(group, entries):
+        k = len(cm.block_rows(group, b))
+        relit = rng.standard_normal((k, 16, 4, 4)).astype(np.float32)
+        coarse = rng.uniform(0.05, 3.0, (k, 3, 4, 8)).astype(np.float32)
+        env = np.repeat(np.repeat(coarse, 32, axis=2), 32, axis=3)
+        flat = 0.5 * relit + 0.1
+        cm.write_block(group, b, {"relit_latent": relit, "flat_latent": flat, "env": env})
+    return cm.LatentCache(path)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "cache.zarr"
+    make_random_cache(path)
+    return path
+
+
+def write_config(path, **changes) -> str:
+    """``configs/tiny.yaml`` with ``changes``, saved at ``path``."""
+    data = yaml.safe_load(resolve_config_path("tiny").read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_loading_and_overrides(tmp_path):
+    cfg = load_config("tiny")
+    assert cfg.steps == 200 and cfg.heads_config().extractor_width == 32
+    assert load_config(None).epochs == TrainConfig().epochs
+    default = load_config("default")
+    assert default.heads_config() == __import__("delit_cache.models", fromlist=["x"]).DEFAULT_CONFIG
+    cfg = load_config("tiny", {"epochs": 3, "lr": None})
+    assert (cfg.epochs, cfg.steps, cfg.lr) == (3, None, 3.0e-3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    with pytest.raises(DelitError, match="unknown training config keys"):
+        load_config(bad)
+    with pytest.raises(DelitError, match="batch_size"):
+        load_config("tiny", {"batch_size": 0})
+    with pytest.raises(DelitError, match="schedule"):
+        load_config(write_config(tmp_path / "s.yaml", schedule="linear"))
+    with pytest.raises(DelitError, match="model"):
+        load_config(write_config(tmp_path / "m.yaml", model={"width": 3}))
+    with pytest.raises(DelitError, match="no such config"):
+        load_config("does-not-exist")
+
+
+def test_schedule_is_a_function_of_seed_and_epoch():
+    s = Schedule(n=10, batch_size=3, world_size=1, seed=4)
+    assert s.steps_per_epoch == 3
+    epoch0 = torch.cat([s.positions(i, 0) for i in range(3)])
+    assert len(set(epoch0.tolist())) == 9  # no repeats within an epoch
+    assert torch.equal(s.positions(4, 0), Schedule(10, 3, 1, 4).positions(4, 0))
+    assert not torch.equal(epoch_order(10, 4, 0), epoch_order(10, 4, 1))
+    two = Schedule(n=10, batch_size=2, world_size=2, seed=4)
+    a, b = two.positions(1, 0), two.positions(1, 1)
+    assert len(a) == len(b) == 2 and not set(a.tolist()) & set(b.tolist())
+    small = Schedule(n=3, batch_size=4, world_size=2, seed=0)  # fewer samples than a batch
+    assert len(small.positions(0, 1)) == 4 and small.steps_per_epoch == 1
+
+
+def test_lr_schedule():
+    cfg = load_config("tiny", {"steps": 100})
+    cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio = "cosine", 10, 0.1
+    f = lr_lambda(cfg, 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert 0.1 < f(55) < 1.0
+    cfg.schedule = "constant"
+    assert lr_lambda(cfg, 100)(70) == 1.0
+
+
+# ----------------------------------------------------------------------------- a short run
+
+
+def test_run_folder_with_old_spellings(tmp_path, cache_path, capsys):
+    from cli.app import main
+    from delit_cache.imageio import read_hdr
+
+    config = write_config(tmp_path / "c.yaml", val_fraction=0.25, val_every=2, ckpt_every=1)
+    run = tmp_path / "run"
+    args = ["train-heads", "--data_root", str(cache_path), "--output_dir", str(run)]
+    args += ["--config", config, "--num_epochs", "1", "--batch_size", "2", "--no-progress"]
+    assert main(args) == 0
+    assert "3 steps done" in capsys.readouterr().out  # 6 train samples / batch 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["batch_size"], saved["epochs"], saved["steps"]) == (2, 1, None)
+    assert list((run / "tb").iterdir())
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["latest.pt", "step_000002.pt", "step_000003.pt"]  # keep_last 2
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 3 and {"heads", "optimizer", "scheduler", "rng"} <= set(state)
+    heads = load_heads(run / "heads.safetensors")
+    for k, v in heads.state_dict().items():
+        torch.testing.assert_close(v, state["heads"][k])
+    extra = heads_metadata(run / "heads.safetensors")
+    assert extra["step"] == 3 and extra["vae_fingerprint"] == "feedbeef"
+    assert extra["image_size"] == 32 and extra["encode_dtype"] == "float32"
+    c = cm.LatentCache(cache_path)
+    train_idx, val_idx = c.split(0.25, seed=0)
+    assert len(train_idx) == 6 and len(val_idx) == 2
+    mean_env = read_hdr(run / "mean_env.exr")  # [H,W,3]
+    np.testing.assert_allclose(
+        mean_env.transpose(2, 0, 1), c.mean_env(train_idx).numpy(), rtol=1e-5
+    )
+    # refusals: an existing run without --resume, a changed value on --resume, no run to resume
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--lr", "0.1"]) == 2
+    assert "differs" in capsys.readouterr().err
+    assert main([*args[:4], str(tmp_path / "new"), *args[5:], "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["train-heads", "--cache", str(tmp_path / "nope.zarr"), "--out", str(run)]) == 2
+    assert "no latent cache" in capsys.readouterr().err
+
+
+def _train_cmd(cache_path, run, config, *extra):
+    cmd = [sys.executable, "-m", "cli", "train-heads", "--cache", str(cache_path)]
+    return [*cmd, "--out", str(run), "--config", config, "--steps", "6", "--no-progress", *extra]
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, cache_path):
+    config = write_config(
+        tmp_path / "c.yaml", batch_size=2, ckpt_every=2, val_fraction=0.25, val_every=3,
+        schedule="cosine", warmup_steps=2,
+    )  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    run_kw = {"env": env, "capture_output": True, "text": True, "timeout": 240}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    done = subprocess.run(_train_cmd(cache_path, full, config), **run_kw)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = subprocess.run(_train_cmd(cache_path, cut, config, "--stop-after-step", "3"), **run_kw)
+    assert killed.returncode == -9  # SIGKILL after the step-3 checkpoint
+    assert not (cut / "heads.safetensors").exists()
+    state = torch.load(cut / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 3
+    resumed = subprocess.run(_train_cmd(cache_path, cut, config, "--resume"), **run_kw)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_heads(full / "heads.safetensors").state_dict()
+    b = load_heads(cut / "heads.safetensors").state_dict()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-6
+    opt_a = torch.load(full / "checkpoints" / "latest.pt", weights_only=True)["optimizer"]
+    opt_b = torch.load(cut / "checkpoints" / "latest.pt", weights_only=True)["optimizer"]
+    assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"]
