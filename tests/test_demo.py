@@ -1,0 +1,63 @@
+"""The demo pipeline end to end at toy size, and the report writer."""
+
+import json
+
+import torch
+from PIL import Image
+
+from delit_cache.demo import DemoOptions, run_demo
+from delit_cache.report import grid_image, metrics_table_html, write_report
+
+
+def _example(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "relit": torch.rand(3, 40, 30, generator=g),
+        "flat_pred": torch.rand(3, 40, 30, generator=g),
+        "flat_true": torch.rand(3, 40, 30, generator=g),
+        "env_pred": torch.rand(3, 32, 64, generator=g) * 5,
+        "env_true": torch.rand(3, 32, 64, generator=g) * 5,
+    }
+
+
+def test_report_writes_html_and_png(tmp_path):
+    metrics = {"n": 2, "model": {"flat_psnr": 25.5, "diffuse": {"angular_deg": 3.25}}}
+    paths = write_report(tmp_path, [_example(0), _example(1)], metrics, ["a note"])
+    page = paths["html"].read_text()
+    assert "25.500" in page and "3.250" in page and "a note" in page
+    assert "data:image/png;base64," in page
+    with Image.open(paths["png"]) as im:
+        assert im.height > 2 * 192  # two example rows plus labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.png"]
+
+
+def test_metrics_table_marks_missing_values():
+    html = metrics_table_html({"model": {"flat_psnr": 30.0}})
+    assert "30.000" in html and "–" in html
+
+
+def test_grid_has_one_row_per_example():
+    one, two = grid_image([_example(0)], height=64), grid_image([_example(0), _example(1)], 64)
+    assert one.width == two.width and two.height > one.height + 60
+
+
+def test_demo_runs_end_to_end_at_toy_size(tmp_path, tiny_vae_pth, capsys):
+    opts = DemoOptions(
+        out=tmp_path / "demo",
+        train_samples=6,
+        val_samples=3,
+        size=64,
+        config="tiny",
+        steps=4,
+        workers=1,
+        examples=2,
+        vae=str(tiny_vae_pth),
+    )
+    metrics = run_demo(opts)
+    saved = json.loads((opts.out / "metrics.json").read_text())
+    assert saved["n"] == metrics["n"] == 3
+    for key in ("model", "codec_ceiling", "baseline_input_as_flat", "baseline_mean_env"):
+        assert key in saved
+    assert (opts.out / "report.html").is_file() and (opts.out / "report.png").is_file()
+    assert (opts.out / "run" / "heads.safetensors").is_file()
+    assert "report" in capsys.readouterr().out
