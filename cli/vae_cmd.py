@@ -156,7 +156,7 @@ def _summary(report: dict) -> list[str]:
     lines += [
         f"image: {name}, {h}x{w}; latent {report['latent_shape']}",
         f"encode {report['encode_ms']:.1f} ms, decode {report['decode_ms']:.1f} ms "
-        f"({report['device']}, {report['dtype']})",
+        f"for {report['images']} image(s) ({report['device']}, {report['dtype']})",
         f"reconstruction PSNR: {report['psnr']:.2f} dB"
         + (" (mean)" if report["images"] > 1 else ""),
     ]
