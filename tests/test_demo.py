@@ -61,3 +61,28 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, tiny_vae_pth, capsys):
     assert (opts.out / "report.html").is_file() and (opts.out / "report.png").is_file()
     assert (opts.out / "run" / "heads.safetensors").is_file()
     assert "report" in capsys.readouterr().out
+
+
+def test_packaged_demo_heads_and_codec_work_at_once(tmp_path, capsys):
+    """`delit infer ... --vae demo --checkpoint demo` and `delit eval` with them, out of the box."""
+    from cli.app import main
+    from delit_cache.imageio import read_hdr, read_ldr, write_png
+
+    g = torch.Generator().manual_seed(0)
+    write_png(tmp_path / "photo.png", torch.rand(3, 70, 50, generator=g))
+    out = tmp_path / "out"
+    args = ["infer", str(tmp_path / "photo.png"), "--vae", "demo", "--checkpoint", "demo"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert read_ldr(out / "photo_flat.png").shape == (70, 50, 3)
+    assert read_hdr(out / "photo_env.exr").shape == (128, 256, 3)
+    assert (out / "photo_env.png").is_file()
+
+    assert (
+        main(["synth", "--out", str(tmp_path / "val"), "--n", "2", "--size", "64", "--seed", "5"])
+        == 0
+    )
+    json_path = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", "demo", "--vae", "demo", "--data", str(tmp_path / "val")]
+    assert main([*args, "--json", str(json_path)]) == 0
+    result = json.loads(json_path.read_text())
+    assert result["n"] == 2 and result["mean_env_source"] == "training cache"
