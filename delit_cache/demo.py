@@ -86,16 +86,18 @@ def run_demo(opts: DemoOptions) -> dict:
 
     if opts.examples > opts.val_samples:
         raise DelitError("--examples must not exceed the held-out sample count")
+    run = opts.out / "run"
+    if (run / "heads.safetensors").exists():
+        raise DelitError(f"{opts.out}: holds a finished demo run already (pass a new --out)")
     t0 = time.perf_counter()
     torch.manual_seed(opts.seed)
+    vae = load_wan_vae(opts.vae)  # a bad --vae fails before any work is done
     _stage("synth: training and held-out portraits", t0)
     train_dir, val_dir = make_data(opts)
     _stage("encode: training portraits -> latent cache", t0)
-    vae = load_wan_vae(opts.vae)
     cache = opts.out / "cache.zarr"
     encode_shards(opts.vae, train_dir, cache, size=opts.size, batch_size=8, vae=vae)
     _stage("train-heads: from the cache, no VAE", t0)
-    run = opts.out / "run"
     overrides = {"steps": opts.steps} if opts.steps else None
     train_heads(RunOptions(cache=cache, out=run, config=opts.config, overrides=overrides))
     _stage("eval: held-out portraits, decoded with the codec", t0)

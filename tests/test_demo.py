@@ -86,3 +86,14 @@ def test_packaged_demo_heads_and_codec_work_at_once(tmp_path, capsys):
     assert main([*args, "--json", str(json_path)]) == 0
     result = json.loads(json_path.read_text())
     assert result["n"] == 2 and result["mean_env_source"] == "training cache"
+
+
+def test_demo_refuses_bad_vae_and_finished_run_before_any_work(tmp_path):
+    from cli.app import main
+
+    assert main(["demo", "--out", str(tmp_path / "a"), "--vae", str(tmp_path / "nope.pth")]) == 2
+    assert not (tmp_path / "a" / "data").exists()
+    (tmp_path / "b" / "run").mkdir(parents=True)
+    (tmp_path / "b" / "run" / "heads.safetensors").write_bytes(b"")
+    assert main(["demo", "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b" / "data").exists()

@@ -110,21 +110,20 @@ def decode_one_frame(model: VideoVAE_, z: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def encode_shipped(model: VideoVAE_, x: torch.Tensor) -> torch.Tensor:
-    """DiffSynth's own ``VideoVAE_.encode`` (no normalisation), cache cleared afterwards."""
+def _shipped(model: VideoVAE_, method, x: torch.Tensor) -> torch.Tensor:
+    """Call DiffSynth's ``VideoVAE_.encode``/``decode`` with an identity scale, then clear its cache."""
     zero = torch.zeros(model.z_dim, device=x.device, dtype=x.dtype)
-    one = torch.ones(model.z_dim, device=x.device, dtype=x.dtype)
     try:
-        return model.encode(x, [zero, one])
+        return method(x, [zero, torch.ones_like(zero)])
     finally:
         model.clear_cache()
+
+
+def encode_shipped(model: VideoVAE_, x: torch.Tensor) -> torch.Tensor:
+    """DiffSynth's own ``VideoVAE_.encode`` (no normalisation), cache cleared afterwards."""
+    return _shipped(model, model.encode, x)
 
 
 def decode_shipped(model: VideoVAE_, z: torch.Tensor) -> torch.Tensor:
     """DiffSynth's own ``VideoVAE_.decode`` (no normalisation, no clamp), cache cleared afterwards."""
-    zero = torch.zeros(model.z_dim, device=z.device, dtype=z.dtype)
-    one = torch.ones(model.z_dim, device=z.device, dtype=z.dtype)
-    try:
-        return model.decode(z, [zero, one])
-    finally:
-        model.clear_cache()
+    return _shipped(model, model.decode, z)
