@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -46,12 +45,6 @@ def _write_side_by_side(left, right, path: Path) -> None:
     from delit_cache.imageio import write_png
 
     write_png(path, torch.cat([left, right], dim=-1))
-
-
-def _psnr(a, b) -> float:
-    """Mean over the batch of PSNR in dB of images in [0,1] (each capped at 100 dB)."""
-    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).tolist()
-    return sum(100.0 if m <= 1e-10 else min(100.0, -10.0 * math.log10(m)) for m in mse) / len(mse)
 
 
 # With --vae demo and no --image: synthetic portraits from a seed that no shipped model
@@ -100,6 +93,7 @@ def run_vae_check(
     """
     import torch
 
+    from delit_cache.metrics import psnr
     from delit_cache.vae import load_wan_vae
     from delit_cache.vae.testimage import synthetic_test_image
 
@@ -134,7 +128,7 @@ def run_vae_check(
         "images": int(x.shape[0]),
         "image_size": [int(x.shape[-2]), int(x.shape[-1])],
         "latent_shape": list(z.shape),
-        "psnr": round(_psnr(x, y), 3),
+        "psnr": round(psnr(y, x).mean().item(), 3),
         "encode_ms": round(encode_ms, 2),
         "decode_ms": round(decode_ms, 2),
         "fast_single_frame": vae.fast_single_frame,

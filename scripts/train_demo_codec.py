@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from delit_cache.metrics import psnr
 from delit_cache.shards import expand_shards, iter_samples
 from delit_cache.vae import WanVAE, new_wan_vae, save_codec
 from delit_cache.vae._diffsynth import decode_one_frame, encode_one_frame
@@ -130,8 +131,7 @@ def heldout_psnr(vae: WanVAE, images: torch.Tensor) -> float:
     psnrs = []
     for i in range(0, len(images), 16):
         x = images[i : i + 16].to(vae.device).float() / 255.0
-        mse = (vae.roundtrip(x) - x).square().flatten(1).mean(1).clamp_min(1e-10)
-        psnrs.append(-10 * torch.log10(mse))
+        psnrs.append(psnr(vae.roundtrip(x), x))
     return torch.cat(psnrs).mean().item()
 
 
