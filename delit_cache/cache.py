@@ -374,6 +374,28 @@ class LatentCache:
             total += self.read("env", idx[lo : lo + chunk]).sum(axis=0, dtype=np.float64)
         return torch.from_numpy((total / idx.size).astype(np.float32))
 
+    def latent_stats(
+        self, indices: Sequence[int] | None = None, limit: int = 1024, chunk: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std ``[C]`` of ``relit_latent`` over ``indices`` (all when None;
+        the first ``limit`` of them, evenly spaced, for large caches)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            raise DelitError(f"{self.path}: no samples to take latent statistics over")
+        if idx.size > limit:
+            idx = idx[np.linspace(0, idx.size - 1, limit).round().astype(np.int64)]
+        c = self.latent_shape[0]
+        s1, s2, count = np.zeros(c), np.zeros(c), 0
+        for lo in range(0, idx.size, chunk):
+            x = self.read("relit_latent", idx[lo : lo + chunk]).astype(np.float64)
+            s1 += x.sum(axis=(0, 2, 3))
+            s2 += (x * x).sum(axis=(0, 2, 3))
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
+        std = np.maximum(std, 1e-4 * max(1.0, float(np.abs(mean).max())))
+        return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
     def nbytes(self, names: Sequence[str] = DATA_ARRAYS) -> int:
         """Bytes the valid rows of ``names`` take in memory as float32."""
         per_row = sum(4 * math.prod(self.group[n].shape[1:]) for n in names)

@@ -1,6 +1,7 @@
 """Training losses and cheap validation metrics of the heads (latent and encoding space).
 
-* flat: L1 or MSE between predicted and target flat latents (normalised Wan latent space);
+* flat: L1 or MSE between predicted and target flat latents (normalised Wan latent space),
+  divided per channel by the heads' ``latent_std`` when given (the same units for any VAE);
 * env: L1 on the four-channel encoding (``envcode``), each pixel weighted by its solid angle
   (normalised to mean 1) so the poles do not dominate; the log channel counts
   ``env_log_weight`` times;
@@ -79,9 +80,16 @@ def compute_losses(
     flat_target: torch.Tensor,
     env_hdr: torch.Tensor,
     cfg: TrainConfig,
+    latent_std: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All weighted terms and their sum ``total``; inputs float32, outputs scalar tensors."""
+    """All weighted terms and their sum ``total``; inputs float32, outputs scalar tensors.
+
+    ``latent_std`` ``[C]``: the heads' per-channel latent scale; the flat loss is taken in
+    those units (None: raw latent units)."""
     flat_pred = out["flat_latent"].float()
+    if latent_std is not None:
+        scale = latent_std.float()[:, None, None]
+        flat_pred, flat_target = flat_pred / scale, flat_target / scale
     code_pred = out["env_code"].float()
     code_target = encode_env(env_hdr)
     losses: dict[str, torch.Tensor] = {"flat": flat_loss(flat_pred, flat_target, cfg.flat_loss)}
@@ -111,3 +119,12 @@ def env_metrics(code_pred: torch.Tensor, env_hdr: torch.Tensor) -> dict[str, tor
     energy_rel = ((energy_p - energy_t).abs() / energy_t.clamp_min(1e-6)).mean()
     code_log_rmse = ((code_pred[:, 3] - encode_env(env_hdr)[:, 3]) ** 2).mean().sqrt()
     return {"log_hdr_rmse": log_rmse, "energy_rel_err": energy_rel, "code_log_rmse": code_log_rmse}
+
+
+@torch.no_grad()
+def cache_losses(heads, relit: torch.Tensor, flat: torch.Tensor, env_hdr: torch.Tensor, cfg):
+    """(flat loss, env code loss) of ``heads`` over whole arrays (e.g. a small cache), in eval
+    mode, raw latent units: the numbers an overfit check compares before and after training."""
+    out = heads.eval()(relit)
+    env, _, _ = env_code_loss(out["env_code"], encode_env(env_hdr), cfg.env_log_weight)
+    return float(flat_loss(out["flat_latent"], flat, cfg.flat_loss)), float(env)

@@ -270,7 +270,9 @@ class Trainer:
                 f"{self.opts.cache}: latents have {self.cache.latent_shape[0]} channels, "
                 f"model.latent_channels is {heads_cfg.latent_channels}"
             )
-        self.heads: DelitHeads = create_heads(heads_cfg, seed=cfg.seed).to(self.device)
+        self.heads: DelitHeads = create_heads(heads_cfg, seed=cfg.seed)
+        self.heads.set_latent_stats(*self.cache.latent_stats(self.train_idx))
+        self.heads.to(self.device)
         self.opt, self.sched = make_optimizer(self.heads, cfg, self.total_steps)
         self.step = 0
         if self.opts.resume:
@@ -316,7 +318,9 @@ class Trainer:
         self.model.train()
         with self._autocast():
             out = self.model(batch["relit_latent"])
-        losses = compute_losses(out, batch["flat_latent"], batch["env"], self.cfg)
+        losses = compute_losses(
+            out, batch["flat_latent"], batch["env"], self.cfg, self.heads.latent_std
+        )
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.cfg.grad_clip > 0:
@@ -345,7 +349,9 @@ class Trainer:
             batch = self.val_data.batch(np.arange(start, min(n, start + bs)), self.device)
             with self._autocast():
                 out = self.heads(batch["relit_latent"])
-            terms = compute_losses(out, batch["flat_latent"], batch["env"], self.cfg)
+            terms = compute_losses(
+                out, batch["flat_latent"], batch["env"], self.cfg, self.heads.latent_std
+            )
             terms |= env_metrics(out["env_code"], batch["env"])
             k = batch["env"].shape[0]
             for name, value in terms.items():

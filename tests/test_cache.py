@@ -166,3 +166,20 @@ def test_mean_env(tmp_path):
     )
     with pytest.raises(DelitError):
         c.mean_env([])
+
+
+def test_latent_stats(tmp_path):
+    path = tmp_path / "c.zarr"
+    _, written = make_cache(path, [f"k{i}" for i in range(7)])
+    c = cm.LatentCache(path)
+    idx = [1, 4, 5]
+    x = np.stack([written[c.keys[i]]["relit_latent"] for i in idx]).astype(np.float64)
+    mean, std = c.latent_stats(idx)
+    assert mean.shape == std.shape == (16,) and mean.dtype == torch.float32
+    np.testing.assert_allclose(mean.numpy(), x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), x.std(axis=(0, 2, 3)), rtol=1e-5)
+    sub_mean, _ = c.latent_stats(limit=2)  # evenly spaced subset: the first and last sample
+    ends = np.stack([written[c.keys[i]]["relit_latent"] for i in (0, 6)]).astype(np.float64)
+    np.testing.assert_allclose(sub_mean.numpy(), ends.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DelitError):
+        c.latent_stats([])

@@ -17,9 +17,11 @@ def test_round_trip_rebuilds_identical_outputs(tmp_path):
     heads = create_heads(SMALL, seed=3)
     with torch.no_grad():  # move the zero-initialised flat delta so the test sees it
         heads.flat_proj.delta.weight.normal_(0, 0.01)
+    heads.set_latent_stats(torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16))
     path = save_heads(heads, tmp_path / "h.safetensors", extra={"step": 7})
     loaded = load_heads(path)
     assert loaded.config == SMALL
+    assert torch.equal(loaded.latent_std, heads.latent_std)
     latent = torch.randn(2, 16, 12, 12)
     a, b = heads(latent), loaded(latent)
     assert torch.equal(a["flat_latent"], b["flat_latent"])

@@ -26,13 +26,54 @@ def test_heads_output_shapes(side):
     out = heads(torch.randn(2, 16, side, side + 3))
     assert out["flat_latent"].shape == (2, 16, side, side + 3)
     assert out["env_code"].shape == (2, 4, 128, 256)
-    assert 0.0 < out["env_code"].min() and out["env_code"].max() < 1.0
+    assert torch.isfinite(out["env_code"]).all()
+
+
+def test_infer_clamps_env_code_to_the_encoding_range(tiny_vae):
+    heads = create_heads(SMALL, seed=0)
+    with torch.no_grad():  # push the raw code far outside [0, 1]
+        heads.env_decoder.global_map[-1].bias.fill_(3.0)
+    model, _ = create_model_and_transforms(tiny_vae, heads)
+    out = model.infer(torch.rand(1, 3, 32, 32))
+    assert out["env_code"].min() >= 0.0 and out["env_code"].max() == 1.0
+    assert torch.isfinite(out["env"]).all()
 
 
 def test_untrained_flat_head_is_identity():
     heads = create_heads(SMALL, seed=0)
     latent = torch.randn(1, 16, 16, 16)
     assert torch.equal(heads(latent)["flat_latent"], latent)
+    heads.set_latent_stats(torch.linspace(-1, 1, 16), torch.linspace(0.05, 2, 16))
+    torch.testing.assert_close(heads(latent)["flat_latent"], latent, atol=1e-6, rtol=0)
+
+
+def test_latent_stats_standardise_the_input():
+    heads = create_heads(SMALL, seed=0)
+    with torch.no_grad():  # a non-zero flat delta
+        heads.flat_proj.delta.weight.normal_(0, 0.01)
+    latent = torch.randn(2, 16, 8, 8)
+    mean, std = torch.linspace(-2, 2, 16), torch.linspace(0.05, 3, 16)
+    ref = heads(latent)
+    heads.set_latent_stats(mean, std)
+    out = heads(latent * std[:, None, None] + mean[:, None, None])
+    # a latent that is an affine copy of another gives the same env and the same flat delta
+    torch.testing.assert_close(out["env_code"], ref["env_code"], atol=1e-5, rtol=1e-5)
+    want = (ref["flat_latent"] - latent) * std[:, None, None]
+    got = out["flat_latent"] - (latent * std[:, None, None] + mean[:, None, None])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [
+        (torch.zeros(15), torch.ones(15)),
+        (torch.zeros(16), torch.zeros(16)),
+        (torch.full((16,), float("nan")), torch.ones(16)),
+    ],
+)
+def test_bad_latent_stats_are_refused(mean, std):
+    with pytest.raises(ValueError, match="latent stats"):
+        create_heads(SMALL).set_latent_stats(mean, std)
 
 
 def test_seeded_heads_are_reproducible_and_match_golden_values():
@@ -48,8 +89,8 @@ def test_seeded_heads_are_reproducible_and_match_golden_values():
     assert a.std().item() == pytest.approx(GOLDEN_ENV_STD, abs=1e-4)
 
 
-GOLDEN_ENV_MEAN = 0.5850367
-GOLDEN_ENV_STD = 0.0987528
+GOLDEN_ENV_MEAN = 0.5912614
+GOLDEN_ENV_STD = 0.1089610
 
 
 def test_heads_reject_wrong_channel_count():

@@ -123,11 +123,13 @@ def test_run_folder_with_old_spellings(tmp_path, cache_path, capsys):
     heads = load_heads(run / "heads.safetensors")
     for k, v in heads.state_dict().items():
         torch.testing.assert_close(v, state["heads"][k])
+    c = cm.LatentCache(cache_path)
+    train_idx, val_idx = c.split(0.25, seed=0)
+    mean, std = c.latent_stats(train_idx)  # the heads standardise with the training split's
+    assert torch.equal(heads.latent_mean, mean) and torch.equal(heads.latent_std, std)
     extra = heads_metadata(run / "heads.safetensors")
     assert extra["step"] == 3 and extra["vae_fingerprint"] == "feedbeef"
     assert extra["image_size"] == 32 and extra["encode_dtype"] == "float32"
-    c = cm.LatentCache(cache_path)
-    train_idx, val_idx = c.split(0.25, seed=0)
     assert len(train_idx) == 6 and len(val_idx) == 2
     mean_env = read_hdr(run / "mean_env.exr")  # [H,W,3]
     np.testing.assert_allclose(

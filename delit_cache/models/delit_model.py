@@ -52,11 +52,12 @@ class DelitModel(nn.Module):
     def infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images [B,3,H,W] in [0,1] -> ``flat`` [B,3,H,W] in [0,1] and ``env`` linear HDR."""
         out = self.heads(self.vae.encode(images).float())
+        code = out["env_code"].clamp(0.0, 1.0)
         flat = self.vae.decode(out["flat_latent"], size=tuple(images.shape[-2:]))
         return {
             "flat": flat.float(),
-            "env": decode_env(out["env_code"]),
-            "env_code": out["env_code"],
+            "env": decode_env(code),
+            "env_code": code,
             "flat_latent": out["flat_latent"],
         }
 

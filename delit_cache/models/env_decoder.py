@@ -8,7 +8,10 @@ the query grid twice: a linear read-out of each query gives a coarse panorama (b
 upsampled), and wrap-around convolutions upsample the query grid into a residual detail
 map. The upsampler has no normalisation layers: a per-image constant (the overall
 brightness and colour of the lighting) must survive to the output. The output is the
-encoding of ``delit_cache.envcode`` (sigmoid, so every channel lies in (0, 1)).
+encoding of ``delit_cache.envcode``, linear (no squashing; the slope of a sigmoid at 0):
+targets lie in [0, 1] and the loss keeps predictions there, ``decode_env`` and
+``DelitModel.infer`` clamp. A sigmoid here let Adam push whole maps into saturation, where the
+gradient dies (measured: an 8-sample overfit stuck at an all-zero map).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from torch import nn
 
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.layers import PanoConv, ResBlock
+
+# The output is 0.5 + OUTPUT_GAIN * (coarse + detail): the sigmoid's value and slope at 0,
+# without its saturation.
+OUTPUT_GAIN = 0.25
 
 
 class QueryLayer(nn.Module):
@@ -79,6 +86,12 @@ class EnvDecoder(nn.Module):
         self.global_in = nn.Linear(width, dim)  # pooled image summary added to every query
         self.layers = nn.ModuleList(QueryLayer(dim, cfg.env_heads) for _ in range(cfg.env_layers))
         self.coarse = nn.Linear(dim, 4)  # per-query read-out: the coarse panorama
+        # the whole coarse panorama straight from the pooled image (a short, direct path)
+        self.global_map = nn.Sequential(
+            nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, 4 * rows * cols)
+        )
+        nn.init.zeros_(self.global_map[-1].weight)
+        nn.init.zeros_(self.global_map[-1].bias)
         chans = [max(dim >> i, cfg.env_min_channels) for i in range(steps + 1)]
         self.up = nn.Sequential(*[UpBlock(chans[i], chans[i + 1]) for i in range(steps)])
         self.head = PanoConv(chans[-1], 4)  # residual detail on top of the coarse map
@@ -88,7 +101,8 @@ class EnvDecoder(nn.Module):
     def forward(self, env_features: torch.Tensor) -> torch.Tensor:
         pooled = self.encoder(env_features)  # [B, width, grid, grid]
         tokens = rearrange(pooled, "b c h w -> b (h w) c")
-        summary = self.global_in(tokens.mean(dim=1, keepdim=True))
+        mean_token = tokens.mean(dim=1, keepdim=True)
+        summary = self.global_in(mean_token)
         tokens = self.to_tokens(tokens) + self.token_pos
         queries = self.queries.unsqueeze(0) + summary
         for layer in self.layers:
@@ -96,6 +110,7 @@ class EnvDecoder(nn.Module):
         rows, cols = self.query_grid
         pano = rearrange(queries, "b (h w) c -> b c h w", h=rows, w=cols)
         coarse = rearrange(self.coarse(queries), "b (h w) c -> b c h w", h=rows, w=cols)
+        coarse = coarse + self.global_map(mean_token[:, 0]).view(-1, 4, rows, cols)
         detail = self.head(self.up(pano))
         coarse = F.interpolate(coarse, size=detail.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(coarse + detail)
+        return 0.5 + OUTPUT_GAIN * (coarse + detail)

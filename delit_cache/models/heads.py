@@ -14,12 +14,19 @@ from delit_cache.models.projections import EnvProjection, FlatProjection
 class DelitHeads(nn.Module):
     """Relit latent [B,16,h,w] -> flat latent [B,16,h,w] and env encoding [B,4,128,256].
 
-    Needs no VAE, so stage two trains straight from the latent cache.
+    Needs no VAE, so stage two trains straight from the latent cache. The heads first
+    standardise the latent per channel with statistics of the training cache (buffers
+    ``latent_mean`` / ``latent_std``, saved with the weights; identity until
+    ``set_latent_stats``): latents of different VAEs differ a lot in scale (a random test VAE's
+    vary by 0.05 between images, the demo codec's by 1), and the heads should not care. The flat
+    residual is predicted in standardised units, so ``flat = relit + latent_std * delta``.
     """
 
     def __init__(self, cfg: DelitConfig = DEFAULT_CONFIG):
         super().__init__()
         self.config = cfg
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
         self.features = FeatureExtractor(cfg)
         self.flat_proj = FlatProjection(cfg)
         self.env_proj = EnvProjection(cfg)
@@ -31,11 +38,25 @@ class DelitHeads(nn.Module):
                 f"expected latents [B,{self.config.latent_channels},h,w], "
                 f"got {tuple(relit_latent.shape)}"
             )
-        features = self.features(relit_latent)
+        mean = self.latent_mean.to(relit_latent.dtype)[:, None, None]
+        std = self.latent_std.to(relit_latent.dtype)[:, None, None]
+        z = (relit_latent - mean) / std
+        features = self.features(z)
         return {
-            "flat_latent": self.flat_proj(features, relit_latent),
+            "flat_latent": self.flat_proj(features, z) * std + mean,
             "env_code": self.env_decoder(self.env_proj(features)),
         }
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and standard deviation ``[C]`` of the training latents."""
+        c = self.config.latent_channels
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ValueError(f"latent stats must have shape ({c},), got {tuple(mean.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("latent stats must be finite with std > 0")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
