@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from delit_cache.inference import resolve_checkpoint, resolve_device, resolve_dtype
+from delit_cache.machine import device_name
 from delit_cache.models import DEFAULT_CONFIG, create_heads, create_model_and_transforms
 
 
@@ -100,12 +100,6 @@ def measure(model, args: argparse.Namespace, device: torch.device) -> dict[str, 
         "decode": time_ms(lambda: model.vae.decode(flat_latent, size=size), device, w, n),
         "end_to_end": time_ms(lambda: model.infer(images), device, w, n),
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def report(args: argparse.Namespace, device: torch.device, model, times: dict) -> dict:

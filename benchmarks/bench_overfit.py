@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ from cli.app import main as delit
 from delit_cache.cache import LatentCache
 from delit_cache.checkpoint import load_heads
 from delit_cache.losses import cache_losses
-from delit_cache.models.heads import create_heads
+from delit_cache.machine import device_name
+from delit_cache.train import initial_heads
 from delit_cache.trainconfig import load_config
 from delit_cache.vae import new_wan_vae
 
@@ -49,12 +49,10 @@ def run(work: Path, steps: int, batch_size: int, vae_seed: int) -> dict:
     assert delit(train) == 0
     times["train-heads"] = time.perf_counter() - t
     cache = LatentCache(cache_path)
-    arrays = [torch.from_numpy(cache.read(n)) for n in ("relit_latent", "flat_latent", "env")]
     cfg = load_config("tiny")
-    initial = create_heads(cfg.heads_config(), seed=cfg.seed)
-    initial.set_latent_stats(*cache.latent_stats())
-    before = cache_losses(initial, *arrays, cfg)
-    after = cache_losses(load_heads(work / "run"), *arrays, cfg)
+    initial = initial_heads(cfg, cache, cache.split(cfg.val_fraction, cfg.seed)[0])
+    before = cache_losses(initial, cache, cfg)
+    after = cache_losses(load_heads(work / "run"), cache, cfg)
     return {"times": times, "before": before, "after": after}
 
 
@@ -68,10 +66,7 @@ def main() -> None:
         res = run(Path(tmp), args.steps, args.batch_size, args.vae_seed)
     total = sum(res["times"].values())
     print(f"# overfit check: 8 samples, tiny config, {args.steps} steps, batch {args.batch_size}")
-    print(
-        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"{datetime.date.today()}"
-    )
+    print(f"# {device_name('cpu')}, {datetime.date.today()}")
     print(f"{'stage':16s} {'seconds':>8s}")
     for name, sec in res["times"].items():
         print(f"{name:16s} {sec:8.1f}")

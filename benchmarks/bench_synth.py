@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -27,19 +26,9 @@ from pathlib import Path
 
 import torch
 
+from delit_cache.machine import cpu_model
 from delit_cache.shards import iter_samples
 from delit_cache.synth import writer
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

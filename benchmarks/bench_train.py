@@ -18,16 +18,10 @@ import torch
 from torch import nn
 
 from delit_cache.losses import compute_losses
+from delit_cache.machine import device_name
 from delit_cache.models.heads import create_heads
 from delit_cache.train import make_optimizer
 from delit_cache.trainconfig import load_config
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of ``device`` (GPU model, or CPU with thread count)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:

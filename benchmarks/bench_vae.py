@@ -14,29 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import time
 
 import torch
 
+from delit_cache.machine import device_name
 from delit_cache.vae import load_wan_vae, new_wan_vae
 from delit_cache.vae.testimage import synthetic_test_image
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo (plus thread count)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:

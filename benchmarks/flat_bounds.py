@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import platform
 
 import torch
 import torch.nn.functional as F
 
 from delit_cache.imageio import linear_to_srgb, srgb_to_linear
+from delit_cache.machine import device_name
 from delit_cache.metrics import flat_psnr_ssim
 from delit_cache.shards import iter_samples
 from delit_cache.vae import load_wan_vae
@@ -90,9 +90,7 @@ def main() -> None:
             acc[1] += s * len(batch)
     n = len(samples)
     print(f"# flat-lit bounds: vae {args.vae}, {n} samples of {args.data} at {args.size} px")
-    print(
-        f"# {platform.node()} {platform.processor() or platform.machine()}, {datetime.date.today()}"
-    )
+    print(f"# {device_name('cpu')}, {datetime.date.today()}")
     print(f"{'estimate':28s} {'PSNR (dB)':>10s} {'SSIM':>8s}")
     for name, (p, s) in totals.items():
         print(f"{name:28s} {p / n:10.2f} {s / n:8.4f}")

@@ -16,6 +16,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from delit_cache.cache import DATA_ARRAYS, LatentCache
 from delit_cache.envcode import decode_env, encode_env
 from delit_cache.envmap import resample_env, solid_angles
 from delit_cache.render import render_spheres
@@ -122,9 +123,10 @@ def env_metrics(code_pred: torch.Tensor, env_hdr: torch.Tensor) -> dict[str, tor
 
 
 @torch.no_grad()
-def cache_losses(heads, relit: torch.Tensor, flat: torch.Tensor, env_hdr: torch.Tensor, cfg):
-    """(flat loss, env code loss) of ``heads`` over whole arrays (e.g. a small cache), in eval
-    mode, raw latent units: the numbers an overfit check compares before and after training."""
+def cache_losses(heads, cache: LatentCache, cfg: TrainConfig) -> tuple[float, float]:
+    """(flat loss, env code loss) of ``heads`` over every sample of a (small) ``LatentCache``,
+    in eval mode and raw latent units: what an overfit check compares before and after."""
+    relit, flat, env_hdr = (torch.from_numpy(cache.read(n)) for n in DATA_ARRAYS)
     out = heads.eval()(relit)
     env, _, _ = env_code_loss(out["env_code"], encode_env(env_hdr), cfg.env_log_weight)
     return float(flat_loss(out["flat_latent"], flat, cfg.flat_loss)), float(env)

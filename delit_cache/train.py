@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from delit_cache import trainstate
-from delit_cache.cache import LatentCache
+from delit_cache.cache import DATA_ARRAYS, LatentCache
 from delit_cache.checkpoint import save_heads
 from delit_cache.distributed import (
     DistInfo,
@@ -42,9 +42,6 @@ from delit_cache.errors import DelitError
 from delit_cache.losses import compute_losses, env_metrics
 from delit_cache.models.heads import DelitHeads, create_heads
 from delit_cache.trainconfig import TrainConfig, config_from_dict, load_config, save_config
-
-BATCH_ARRAYS = ("relit_latent", "flat_latent", "env")
-
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -69,7 +66,7 @@ class CacheData:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.arrays: dict[str, torch.Tensor] | None = None
         if in_memory:
-            self.arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in BATCH_ARRAYS}
+            self.arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in DATA_ARRAYS}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -81,7 +78,7 @@ class CacheData:
             data = {n: a.index_select(0, pos) for n, a in self.arrays.items()}
         else:
             idx = self.indices[pos.numpy()]
-            data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in BATCH_ARRAYS}
+            data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in DATA_ARRAYS}
         return {n: t.to(device, non_blocking=True) for n, t in data.items()}
 
 
@@ -236,6 +233,14 @@ def heads_extra(cache: LatentCache, step: int) -> dict[str, Any]:
     }
 
 
+def initial_heads(cfg: TrainConfig, cache: LatentCache, train_idx: list[int]) -> DelitHeads:
+    """A run's step-0 heads: seeded init, standardising latents with the training split's
+    per-channel statistics."""
+    heads = create_heads(cfg.heads_config(), seed=cfg.seed)
+    heads.set_latent_stats(*cache.latent_stats(train_idx))
+    return heads
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 
@@ -270,9 +275,7 @@ class Trainer:
                 f"{self.opts.cache}: latents have {self.cache.latent_shape[0]} channels, "
                 f"model.latent_channels is {heads_cfg.latent_channels}"
             )
-        self.heads: DelitHeads = create_heads(heads_cfg, seed=cfg.seed)
-        self.heads.set_latent_stats(*self.cache.latent_stats(self.train_idx))
-        self.heads.to(self.device)
+        self.heads = initial_heads(cfg, self.cache, self.train_idx).to(self.device)
         self.opt, self.sched = make_optimizer(self.heads, cfg, self.total_steps)
         self.step = 0
         if self.opts.resume:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import platform
 import time
 import zlib
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from delit_cache.machine import device_name
 from delit_cache.metrics import psnr
 from delit_cache.shards import expand_shards, iter_samples
 from delit_cache.vae import WanVAE, new_wan_vae, save_codec
@@ -154,9 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     vae.mean.copy_(torch.tensor(mean))
     vae.std.copy_(torch.tensor(std))
     psnr = heldout_psnr(vae, val_images)
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    )
     meta = {
         "note": "delit demo codec: a stand-in for the Wan 2.1 VAE, trained on synthetic portraits; "
         "not for real photos",
@@ -164,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": args.size,
         "heldout_psnr_db": round(psnr, 3),
         "heldout_images": len(val_images),
-        "device": device_name or device.type,
+        "device": device_name(device),
         "date": datetime.date.today().isoformat(),
     }
     save_codec(vae, args.out, extra_meta=meta, storage_dtype=torch.float16)

@@ -10,22 +10,16 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from cli.app import main
 from delit_cache.cache import LatentCache
 from delit_cache.checkpoint import load_heads
 from delit_cache.losses import cache_losses
-from delit_cache.models.heads import create_heads
+from delit_cache.train import initial_heads
 from delit_cache.trainconfig import load_config
 
 STEPS = 400
 BATCH = 4
-
-
-def _losses(heads, cache: LatentCache, cfg) -> tuple[float, float]:
-    arrays = [torch.from_numpy(cache.read(n)) for n in ("relit_latent", "flat_latent", "env")]
-    return cache_losses(heads, *arrays, cfg)
 
 
 @pytest.mark.slow
@@ -43,10 +37,9 @@ def test_tiny_heads_overfit_eight_synthetic_samples(tmp_path, tiny_vae_pth, caps
     assert main([*train, "--steps", str(STEPS), "--batch-size", str(BATCH), "--no-progress"]) == 0
     elapsed = time.perf_counter() - start
     cfg = load_config("tiny")
-    initial = create_heads(cfg.heads_config(), seed=cfg.seed)  # the run's step-0 heads
-    initial.set_latent_stats(*cache.latent_stats())
-    before = _losses(initial, cache, cfg)
-    after = _losses(load_heads(run / "heads.safetensors"), cache, cfg)
+    initial = initial_heads(cfg, cache, cache.split(cfg.val_fraction, cfg.seed)[0])
+    before = cache_losses(initial, cache, cfg)
+    after = cache_losses(load_heads(run / "heads.safetensors"), cache, cfg)
     print(f"overfit: flat {before[0]:.4f} -> {after[0]:.4f}, env {before[1]:.4f} -> {after[1]:.4f}")
     print(f"overfit: {elapsed:.0f} s for synth + encode + {STEPS} steps")
     assert after[0] * 10 <= before[0], (before, after)
