@@ -63,6 +63,19 @@ def test_latent_stats_standardise_the_input():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_flat_path_alone_matches_forward():
+    heads = create_heads(SMALL, seed=0)
+    with torch.no_grad():
+        heads.flat_proj.delta.weight.normal_(0, 0.01)
+    heads.set_latent_stats(torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16))
+    latent = torch.randn(2, 16, 8, 8)
+    flat = heads.flat_latent(latent)
+    assert not torch.allclose(flat, latent)  # the delta is really applied
+    torch.testing.assert_close(flat, heads(latent)["flat_latent"], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="expected latents"):
+        heads.flat_latent(torch.randn(2, 8, 8, 8))
+
+
 @pytest.mark.parametrize(
     ("mean", "std"),
     [

@@ -33,7 +33,8 @@ class DelitHeads(nn.Module):
         self.env_proj = EnvProjection(cfg)
         self.env_decoder = EnvDecoder(cfg)
 
-    def forward(self, relit_latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _standardise(self, relit_latent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(z, mean, std): the standardised latent and the ``[C,1,1]`` statistics."""
         if relit_latent.ndim != 4 or relit_latent.shape[1] != self.config.latent_channels:
             raise ValueError(
                 f"expected latents [B,{self.config.latent_channels},h,w], "
@@ -41,12 +42,20 @@ class DelitHeads(nn.Module):
             )
         mean = self.latent_mean.to(relit_latent.dtype)[:, None, None]
         std = self.latent_std.to(relit_latent.dtype)[:, None, None]
-        z = (relit_latent - mean) / std
+        return (relit_latent - mean) / std, mean, std
+
+    def forward(self, relit_latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        z, mean, std = self._standardise(relit_latent)
         features = self.features(z)
         return {
             "flat_latent": self.flat_proj(features, z) * std + mean,
             "env_code": self.env_decoder(self.env_proj(features)),
         }
+
+    def flat_latent(self, relit_latent: torch.Tensor) -> torch.Tensor:
+        """The flat path alone (no env decoding): ``forward(x)["flat_latent"]``, cheaper."""
+        z, mean, std = self._standardise(relit_latent)
+        return self.flat_proj(self.features(z), z) * std + mean
 
     @torch.no_grad()
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
