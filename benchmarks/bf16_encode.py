@@ -27,6 +27,7 @@ import itertools
 import torch
 from torch import nn
 
+from delit_cache.errors import DelitError
 from delit_cache.evaluate import evaluate
 from delit_cache.inference import resolve_checkpoint, resolve_device
 from delit_cache.machine import device_name
@@ -87,13 +88,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{'ceiling':>7s} {'diff.ang':>8s} {'diff.siRMSE':>11s} {'light dir':>9s} {'seconds':>7s}"
     )
     print(head)
+    errors = {enc: latent_error(vaes, enc, samples, device) for enc in DTYPES}
     for enc, dec in PAIRS:
         vae = SplitPrecisionVAE(vaes[enc], vaes[dec])
         model, _ = create_model_and_transforms(vae, heads, image_size=args.size, device=device)
         r = evaluate(model, samples, mean_env, image_size=args.size, limit=args.limit)
         m = r["model"]
         print(
-            f"{enc:>6s} {dec:>6s} {latent_error(vaes, enc, samples, device):14.2e} "
+            f"{enc:>6s} {dec:>6s} {errors[enc]:14.2e} "
             f"{m['flat_psnr']:9.2f} {m['flat_ssim']:6.4f} {r['codec_ceiling']['flat_psnr']:7.2f} "
             f"{m['diffuse']['angular_deg']:8.3f} {m['diffuse']['si_rmse']:11.4f} "
             f"{m['light_dir_deg']:9.2f} {r['seconds']:7.1f}",
@@ -102,4 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DelitError as err:  # bad paths, checkpoint or data: one line, exit 1
+        raise SystemExit(f"error: {err}") from None

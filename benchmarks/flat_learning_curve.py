@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from delit_cache.cache import LatentCache
-from delit_cache.losses import flat_loss
+from delit_cache.errors import DelitError
+from delit_cache.losses import standardised_flat_loss
 from delit_cache.machine import device_name
 from delit_cache.metrics import flat_psnr_ssim
 from delit_cache.models import create_heads
@@ -48,13 +49,8 @@ def load_latents(paths: list[str], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if left == 0:
             break
     if left:
-        raise SystemExit(f"the caches hold only {n - left} samples, {n} asked for")
+        raise DelitError(f"{paths}: the caches hold only {n - left} samples, {n} asked for")
     return torch.cat(relit), torch.cat(flat)
-
-
-def std_loss(heads, pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    scale = heads.latent_std[:, None, None]
-    return flat_loss(pred / scale, target / scale, kind)
 
 
 def curve(args, cfg, train, val, vae) -> None:
@@ -72,7 +68,8 @@ def curve(args, cfg, train, val, vae) -> None:
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         heads.train()
-        loss = std_loss(heads, heads.flat_latent(relit[idx]), flat[idx], cfg.flat_loss)
+        pred = heads.flat_latent(relit[idx])
+        loss = standardised_flat_loss(pred, flat[idx], heads.latent_std, cfg.flat_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), cfg.grad_clip)
@@ -84,7 +81,11 @@ def curve(args, cfg, train, val, vae) -> None:
             heads.eval()
             with torch.no_grad():
                 pred = heads.flat_latent(val["relit_latent"])
-                val_loss = float(std_loss(heads, pred, val["flat_latent"], cfg.flat_loss))
+                val_loss = float(
+                    standardised_flat_loss(
+                        pred, val["flat_latent"], heads.latent_std, cfg.flat_loss
+                    )
+                )
                 images = vae.decode(pred, size=tuple(val["flat"].shape[-2:])).float()
             psnr, ssim = flat_psnr_ssim(images, val["flat"])
             print(
@@ -107,12 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-limit", type=int, default=24)
     args = p.parse_args(argv)
     cfg = load_config(args.config)
+    relit, flat = load_latents(args.train, max(args.samples))  # read once, bad paths fail here
     vae = load_wan_vae(args.vae)
     samples = list(itertools.islice(iter_samples(args.val_data), args.val_limit))
     with torch.no_grad():
-        relit = torch.stack([s["relit"] for s in samples])
-        flat = torch.stack([s["flat"] for s in samples])
-        val = {"relit_latent": vae.encode(relit), "flat_latent": vae.encode(flat), "flat": flat}
+        val_relit = torch.stack([s["relit"] for s in samples])
+        val_flat = torch.stack([s["flat"] for s in samples])
+        val = {
+            "relit_latent": vae.encode(val_relit),
+            "flat_latent": vae.encode(val_flat),
+            "flat": val_flat,
+        }
     print(f"# flat-path learning curve: config {args.config}, vae {args.vae}, caches {args.train}")
     print(f"# held out: {len(samples)} samples of {args.val_data}; batch {cfg.batch_size}")
     print(f"# {device_name('cpu')}, torch {torch.__version__}, {datetime.date.today()}")
@@ -121,8 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{'SSIM':>7s} {'seconds':>8s}"
     )
     for n in args.samples:
-        curve(args, cfg, load_latents(args.train, n), val, vae)
+        curve(args, cfg, (relit[:n], flat[:n]), val, vae)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DelitError as err:  # bad paths or data: one line, exit 1
+        raise SystemExit(f"error: {err}") from None

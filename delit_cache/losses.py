@@ -37,6 +37,17 @@ def flat_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> tor
     return F.l1_loss(pred, target)
 
 
+def standardised_flat_loss(
+    pred: torch.Tensor, target: torch.Tensor, latent_std: torch.Tensor | None, kind: str = "l1"
+) -> torch.Tensor:
+    """``flat_loss`` with both latents divided per channel by ``latent_std`` ``[C]`` (the
+    heads' latent scale; None: raw latent units)."""
+    if latent_std is not None:
+        scale = latent_std.float()[:, None, None]
+        pred, target = pred / scale, target / scale
+    return flat_loss(pred, target, kind)
+
+
 def env_code_loss(pred_code: torch.Tensor, target_code: torch.Tensor, log_weight: float = 1.0):
     """Solid-angle-weighted L1 on the encoding ``[B,4,h,w]``: (colour, log) mean errors."""
     w = _pixel_weights(*pred_code.shape[-2:], str(pred_code.device))
@@ -87,13 +98,12 @@ def compute_losses(
 
     ``latent_std`` ``[C]``: the heads' per-channel latent scale; the flat loss is taken in
     those units (None: raw latent units)."""
-    flat_pred = out["flat_latent"].float()
-    if latent_std is not None:
-        scale = latent_std.float()[:, None, None]
-        flat_pred, flat_target = flat_pred / scale, flat_target / scale
+    flat = standardised_flat_loss(
+        out["flat_latent"].float(), flat_target, latent_std, cfg.flat_loss
+    )
     code_pred = out["env_code"].float()
     code_target = encode_env(env_hdr)
-    losses: dict[str, torch.Tensor] = {"flat": flat_loss(flat_pred, flat_target, cfg.flat_loss)}
+    losses: dict[str, torch.Tensor] = {"flat": flat}
     env, colour, log = env_code_loss(code_pred, code_target, cfg.env_log_weight)
     losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
     total = cfg.flat_weight * losses["flat"] + cfg.env_weight * env
