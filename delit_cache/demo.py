@@ -22,7 +22,7 @@ from delit_cache.errors import DelitError
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What ``delit demo`` runs; the defaults fit in 10 minutes on 2 CPU cores."""
+    """What ``delit demo`` runs; the defaults aim at 10 minutes on 2 CPU cores."""
 
     out: Path  # output folder (data, cache, run, report)
     train_samples: int = 192  # synthetic training portraits (seed ``seed``)
