@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.inference import resolve_checkpoint, resolve_device, resolve_dtype
-from delit_cache.machine import device_name
+from delit_cache.infer.delighter import resolve_checkpoint, resolve_device, resolve_dtype
 from delit_cache.models import DEFAULT_CONFIG, create_heads, create_model_and_transforms
+from delit_cache.utils.machine import device_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from cli.app import main as delit
-from delit_cache.cache import LatentCache
-from delit_cache.checkpoint import load_heads
-from delit_cache.losses import cache_losses
-from delit_cache.machine import device_name
-from delit_cache.train import initial_heads
-from delit_cache.trainconfig import load_config
+from delit_cache.cache.store import LatentCache
+from delit_cache.models.pretrained import load_heads
+from delit_cache.train.config import load_config
+from delit_cache.train.losses import cache_losses
+from delit_cache.train.trainer import initial_heads
+from delit_cache.utils.machine import device_name
 from delit_cache.vae import new_wan_vae
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.machine import cpu_model
-from delit_cache.shards import iter_samples
+from delit_cache.data.shards import iter_samples
 from delit_cache.synth import writer
+from delit_cache.utils.machine import cpu_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

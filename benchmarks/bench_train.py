@@ -17,11 +17,11 @@ import time
 import torch
 from torch import nn
 
-from delit_cache.losses import compute_losses
-from delit_cache.machine import device_name
 from delit_cache.models.heads import create_heads
-from delit_cache.train import make_optimizer
-from delit_cache.trainconfig import load_config
+from delit_cache.train.config import load_config
+from delit_cache.train.losses import compute_losses
+from delit_cache.train.trainer import make_optimizer
+from delit_cache.utils.machine import device_name
 
 
 def _sync(device: torch.device) -> None:

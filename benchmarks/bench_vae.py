@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from delit_cache.machine import device_name
+from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae, new_wan_vae
 from delit_cache.vae.testimage import synthetic_test_image
 

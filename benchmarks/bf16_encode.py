@@ -12,7 +12,7 @@ same heads, so the rows differ only in the VAE's arithmetic, and prints:
 
 * ``latent rel. err``: ``||z - z_fp32|| / ||z_fp32||`` of the encoded photos, against float32;
 * the flat-lit PSNR and SSIM, the codec ceiling and the env metrics (diffuse angular error,
-  diffuse si-RMSE, light direction) of ``delit_cache.evaluate.evaluate``;
+  diffuse si-RMSE, light direction) of ``delit_cache.evaluate.evaluate.evaluate``;
 * seconds for the evaluation (encode + heads + decode, twice for the ceiling).
 
 Prints a table with the device, torch version and date.
@@ -27,12 +27,12 @@ import itertools
 import torch
 from torch import nn
 
-from delit_cache.errors import DelitError
-from delit_cache.evaluate import evaluate
-from delit_cache.inference import resolve_checkpoint, resolve_device
-from delit_cache.machine import device_name
+from delit_cache.data.shards import iter_samples
+from delit_cache.evaluate.evaluate import evaluate
+from delit_cache.infer.delighter import resolve_checkpoint, resolve_device
 from delit_cache.models import create_model_and_transforms
-from delit_cache.shards import iter_samples
+from delit_cache.utils.errors import DelitError
+from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -25,15 +25,15 @@ import time
 import numpy as np
 import torch
 
-from delit_cache.cache import LatentCache
-from delit_cache.errors import DelitError
-from delit_cache.losses import standardised_flat_loss
-from delit_cache.machine import device_name
-from delit_cache.metrics import flat_psnr_ssim
+from delit_cache.cache.store import LatentCache
+from delit_cache.data.shards import iter_samples
+from delit_cache.evaluate.metrics import flat_psnr_ssim
 from delit_cache.models import create_heads
-from delit_cache.shards import iter_samples
-from delit_cache.train import make_optimizer
-from delit_cache.trainconfig import load_config
+from delit_cache.train.config import load_config
+from delit_cache.train.losses import standardised_flat_loss
+from delit_cache.train.trainer import make_optimizer
+from delit_cache.utils.errors import DelitError
+from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae
 
 

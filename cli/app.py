@@ -13,7 +13,7 @@ import sys
 import click
 import typer
 
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 app = typer.Typer(
     name="delit",

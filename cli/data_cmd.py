@@ -23,7 +23,7 @@ def pack_cmd(
     shard_size: int = typer.Option(1000, "--shard-size", help="samples per shard"),
 ) -> None:
     """Pack a folder layout into webdataset shards (checks every sample first)."""
-    from delit_cache.pack import pack_folder
+    from delit_cache.data.pack import pack_folder
 
     shards = pack_folder(folder, out, shard_size=shard_size)
     typer.echo(f"wrote {len(shards)} shards to {out}")
@@ -51,7 +51,7 @@ def check_cmd(
     path: str = typer.Argument(..., help="shards (dir, tar, glob, brace pattern) or a data folder"),
 ) -> None:
     """Read every sample and list every problem; exit code 1 if there is any."""
-    from delit_cache.datacheck import check
+    from delit_cache.data.check import check
 
     report = check(path)
     for line in report.problems:
@@ -71,9 +71,9 @@ def sheet_cmd(
     height: int = typer.Option(256, "--height", help="row height in pixels"),
 ) -> None:
     """Write a contact sheet: relit | flat | env (tone-mapped) | normals, one row per sample."""
-    from delit_cache.datacheck import is_folder_layout, iter_folder
-    from delit_cache.datasheet import contact_sheet
-    from delit_cache.shards import iter_samples
+    from delit_cache.data.check import is_folder_layout, iter_folder
+    from delit_cache.data.shards import iter_samples
+    from delit_cache.data.sheet import contact_sheet
 
     samples = iter_folder(shards, []) if is_folder_layout(shards) else iter_samples(shards)
     rows = contact_sheet(samples, out, n=n, height=height)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cli.app import app
-from delit_cache.atomic import write_json
+from delit_cache.utils.atomic import write_json
 
 CHECKPOINT_HELP = "run folder (RUN/heads.safetensors), heads .safetensors file, or 'demo'"
 VAE_HELP = "Wan 2.1 VAE weights (.pth / .safetensors), or 'demo'"
@@ -33,9 +33,9 @@ def eval_command(
 ) -> int:
     """Score a checkpoint on raw samples: flat-lit PSNR/SSIM, codec ceiling, three-sphere env
     metrics and light direction, each beside a free baseline."""
-    from delit_cache.evaluate import evaluate, format_table
-    from delit_cache.inference import load_vae_and_model
-    from delit_cache.shards import expand_shards, iter_samples
+    from delit_cache.data.shards import expand_shards, iter_samples
+    from delit_cache.evaluate.evaluate import evaluate, format_table
+    from delit_cache.infer.delighter import load_vae_and_model
 
     shards = expand_shards(data)  # bad --data fails before the VAE is loaded
     model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size)
@@ -80,7 +80,7 @@ def infer_command(
     """Delight photos: writes <stem>_flat.png (input size), <stem>_env.exr (128x256 linear
     HDR) and <stem>_env.png (panorama and three spheres) for each input. Photos are scaled so
     the longer side is the model size and padded to a square by replicating their borders."""
-    from delit_cache.inference import Delighter
+    from delit_cache.infer.delighter import Delighter
 
     delighter = Delighter.from_pretrained(checkpoint, vae, device, dtype, size, batch_size)
     summary = delighter.run(inputs, out, progress=True)

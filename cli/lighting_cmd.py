@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.app import app
-from delit_cache.atomic import write_json
+from delit_cache.utils.atomic import write_json
 
 SPHERE_NAMES = ("diffuse", "matte", "mirror")
 
@@ -31,8 +31,8 @@ def envmetrics(
     ] = None,
 ) -> None:
     """Score PRED against GT with the three-sphere protocol (both resampled to 128x256)."""
-    from delit_cache.envmap import load_env
-    from delit_cache.metrics import sphere_metrics
+    from delit_cache.evaluate.metrics import sphere_metrics
+    from delit_cache.lighting.envmap import load_env
 
     scores = sphere_metrics(load_env(pred), load_env(gt))
     typer.echo(_format_table(scores))
@@ -49,9 +49,9 @@ def envshow(
     ] = None,
 ) -> None:
     """Write a PNG with the tone-mapped panorama beside the diffuse, matte and mirror spheres."""
-    from delit_cache.envmap import load_env
-    from delit_cache.envshow import env_figure
-    from delit_cache.imageio import write_png
+    from delit_cache.data.imageio import write_png
+    from delit_cache.lighting.envmap import load_env
+    from delit_cache.lighting.envshow import env_figure
 
     target = out if out is not None else env.with_name(f"{env.stem}_show.png")
     write_png(target, env_figure(load_env(env)))

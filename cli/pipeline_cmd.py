@@ -38,8 +38,8 @@ def encode_cmd(
     Resumable (rerun the same command) and appendable (new keys only). Multi-GPU: launch
     with torchrun --nproc_per_node N -m cli encode ... (ranks split the blocks).
     """
-    from delit_cache.distributed import dist_info
-    from delit_cache.encode import encode_shards
+    from delit_cache.cache.encode import encode_shards
+    from delit_cache.train.distributed import dist_info
 
     summary = encode_shards(
         vae, data, out, size=size, batch_size=batch_size, device=device, dtype=dtype,
@@ -77,8 +77,8 @@ def train_heads_cmd(
     stop_after_step: int | None = typer.Option(None, "--stop-after-step", hidden=True),
 ) -> None:
     """Train the delit heads on a latent cache (no VAE needed); DDP under torchrun."""
-    from delit_cache.distributed import dist_info
-    from delit_cache.train import RunOptions, train_heads
+    from delit_cache.train.distributed import dist_info
+    from delit_cache.train.trainer import RunOptions, train_heads
 
     overrides = {
         "steps": steps,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.app import app
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 DEMO_NOTE = (
     "note: 'demo' is a small stand-in codec trained on synthetic portraits for demos and "
@@ -21,7 +21,7 @@ DEMO_NOTE = (
 def _read_rgb(path: Path):
     """An image file -> float32 tensor [1,3,H,W] in [0,1] (EXIF orientation applied).
 
-    Private stand-in until ``delit_cache.imageio.read_ldr`` is available.
+    Private stand-in until ``delit_cache.data.imageio.read_ldr`` is available.
     """
     import numpy as np
     import torch
@@ -42,7 +42,7 @@ def _write_side_by_side(left, right, path: Path) -> None:
     """Write two [3,H,W] images in [0,1] side by side as a PNG (atomically)."""
     import torch
 
-    from delit_cache.imageio import write_png
+    from delit_cache.data.imageio import write_png
 
     write_png(path, torch.cat([left, right], dim=-1))
 
@@ -93,7 +93,7 @@ def run_vae_check(
     """
     import torch
 
-    from delit_cache.metrics import psnr
+    from delit_cache.evaluate.metrics import psnr
     from delit_cache.vae import load_wan_vae
     from delit_cache.vae.testimage import synthetic_test_image
 

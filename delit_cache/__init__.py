@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 __all__ = ["DelitError", "__version__"]

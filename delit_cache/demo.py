@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.atomic import write_json
-from delit_cache.errors import DelitError
+from delit_cache.utils.atomic import write_json
+from delit_cache.utils.errors import DelitError
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ def held_out_examples(model, samples: list[dict], size: int) -> list[dict]:
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run every stage into ``opts.out``; return the eval metrics (also in metrics.json)."""
-    from delit_cache.encode import encode_shards
-    from delit_cache.evaluate import evaluate, format_table
-    from delit_cache.inference import load_vae_and_model
-    from delit_cache.report import write_report
-    from delit_cache.shards import iter_samples
-    from delit_cache.train import RunOptions, train_heads
+    from delit_cache.cache.encode import encode_shards
+    from delit_cache.data.shards import iter_samples
+    from delit_cache.evaluate.evaluate import evaluate, format_table
+    from delit_cache.evaluate.report import write_report
+    from delit_cache.infer.delighter import load_vae_and_model
+    from delit_cache.train.trainer import RunOptions, train_heads
     from delit_cache.vae import load_wan_vae
 
     if opts.examples > opts.val_samples:

@@ -12,12 +12,12 @@ import argparse
 from pathlib import Path
 
 import delit_cache
-from delit_cache.envmap import ENV_SIZE, env_energy, load_env
-from delit_cache.imageio import tensor_to_image, write_exr
+from delit_cache.data.imageio import tensor_to_image, write_exr
+from delit_cache.lighting.envmap import ENV_SIZE, env_energy, load_env
 
 DEFAULT_SRC = Path("/work/shared/data/hdri")
 NOTICE = """HDRI fixtures (128x256 half-float OpenEXR, area-resampled from 512x1024 with
-delit_cache.envmap.resample_env by scripts/make_hdri_fixtures.py):
+delit_cache.lighting.envmap.resample_env by scripts/make_hdri_fixtures.py):
 {names}
 
 Source: the low-resolution copies that Blender ships in datafiles/studiolights/world/,

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from delit_cache.machine import device_name
-from delit_cache.metrics import psnr
-from delit_cache.shards import expand_shards, iter_samples
+from delit_cache.data.shards import expand_shards, iter_samples
+from delit_cache.evaluate.metrics import psnr
+from delit_cache.utils.machine import device_name
 from delit_cache.vae import WanVAE, new_wan_vae, save_codec
 from delit_cache.vae._diffsynth import decode_one_frame, encode_one_frame
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from delit_cache import cache as cm
-from delit_cache.errors import DelitError
+from delit_cache.cache import store as cm
+from delit_cache.utils.errors import DelitError
 
 SPEC = cm.CacheSpec(vae_fingerprint="abc123", vae_dim=8, image_size=32, encode_dtype="float32")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from delit_cache.checkpoint import heads_metadata, load_heads, save_heads
-from delit_cache.errors import DelitError
 from delit_cache.models import DelitConfig, create_heads
+from delit_cache.models.pretrained import heads_metadata, load_heads, save_heads
+from delit_cache.utils.errors import DelitError
 
 SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
 

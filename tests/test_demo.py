@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from delit_cache.demo import DemoOptions, run_demo
-from delit_cache.report import grid_image, metrics_table_html, write_report
+from delit_cache.evaluate.report import grid_image, metrics_table_html, write_report
 
 
 def _example(seed: int) -> dict:
@@ -66,7 +66,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, tiny_vae_pth, capsys):
 def test_packaged_demo_heads_and_codec_work_at_once(tmp_path, capsys):
     """`delit infer ... --vae demo --checkpoint demo` and `delit eval` with them, out of the box."""
     from cli.app import main
-    from delit_cache.imageio import read_hdr, read_ldr, write_png
+    from delit_cache.data.imageio import read_hdr, read_ldr, write_png
 
     g = torch.Generator().manual_seed(0)
     write_png(tmp_path / "photo.png", torch.rand(3, 70, 50, generator=g))

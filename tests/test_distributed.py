@@ -12,8 +12,8 @@ import torch
 from test_encode import write_shards
 from test_train import make_random_cache, write_config
 
-from delit_cache import cache as cm
-from delit_cache.checkpoint import load_heads
+from delit_cache.cache import store as cm
+from delit_cache.models.pretrained import load_heads
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -76,7 +76,7 @@ def test_ddp_training_matches_one_process_with_the_global_batch(tmp_path, world)
 
 def _initial(config: str) -> dict[str, torch.Tensor]:
     from delit_cache.models.heads import create_heads
-    from delit_cache.trainconfig import load_config
+    from delit_cache.train.config import load_config
 
     cfg = load_config(config)
     return create_heads(cfg.heads_config(), seed=cfg.seed).state_dict()

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from delit_cache import cache as cm
-from delit_cache.augment import augment_sample, draw_params
-from delit_cache.encode import EncodeInterrupted, encode_shards, shard_keys
-from delit_cache.envmap import resample_env
-from delit_cache.errors import DelitError
+from delit_cache.cache import store as cm
+from delit_cache.cache.encode import EncodeInterrupted, encode_shards, shard_keys
+from delit_cache.data.augment import augment_sample, draw_params
+from delit_cache.data.shards import ShardWriter, encode_sample, iter_samples
+from delit_cache.lighting.envmap import resample_env
 from delit_cache.models.transform import PortraitTransform
-from delit_cache.shards import ShardWriter, encode_sample, iter_samples
+from delit_cache.utils.errors import DelitError
 
 SIZE = 32
 

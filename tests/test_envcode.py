@@ -1,11 +1,11 @@
-"""Tests for delit_cache.envcode (the lead's four-channel env encoding)."""
+"""Tests for delit_cache.lighting.envcode (the lead's four-channel env encoding)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from delit_cache.envcode import M_REF, decode_env, encode_env
+from delit_cache.lighting.envcode import M_REF, decode_env, encode_env
 
 
 def test_roundtrip_relative_error_over_eight_decades():

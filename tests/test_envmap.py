@@ -1,4 +1,4 @@
-"""Tests for delit_cache.envmap: the equirectangular convention, resampling, rotation."""
+"""Tests for delit_cache.lighting.envmap: the equirectangular convention, resampling, rotation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from delit_cache.envmap import (
+from delit_cache.data.imageio import write_exr
+from delit_cache.lighting.envmap import (
     direction_grid,
     direction_to_uv,
     env_energy,
@@ -19,8 +20,7 @@ from delit_cache.envmap import (
     scale_exposure,
     solid_angles,
 )
-from delit_cache.errors import DelitError
-from delit_cache.imageio import write_exr
+from delit_cache.utils.errors import DelitError
 
 
 def test_direction_grid_convention():

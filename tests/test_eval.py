@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cli.app import main
-from delit_cache.checkpoint import save_heads
-from delit_cache.errors import DelitError
 from delit_cache.models import DelitConfig, create_heads, create_model_and_transforms
+from delit_cache.models.pretrained import save_heads
+from delit_cache.utils.errors import DelitError
 
 SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
 SIZE = 64  # sample and model size
@@ -66,7 +66,7 @@ def samples() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, samples):
-    from delit_cache.shards import ShardWriter, encode_sample
+    from delit_cache.data.shards import ShardWriter, encode_sample
 
     out = tmp_path_factory.mktemp("eval_shards")
     with ShardWriter(out, shard_size=2) as writer:
@@ -78,7 +78,7 @@ def shards(tmp_path_factory, samples):
 @pytest.fixture(scope="module")
 def stored(shards) -> list[dict]:
     """The samples as read back from the shards (8-bit PNG, half-float EXR)."""
-    from delit_cache.shards import iter_samples
+    from delit_cache.data.shards import iter_samples
 
     return list(iter_samples(shards))
 
@@ -144,7 +144,7 @@ def test_eval_table_is_aligned(eval_json):
 
 
 def test_baseline_input_as_flat_matches_direct_computation(eval_json, stored):
-    from delit_cache.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.metrics import flat_psnr_ssim
 
     _, data, _, _ = eval_json
     scores = [flat_psnr_ssim(s["relit"], s["flat"]) for s in stored]
@@ -155,7 +155,7 @@ def test_baseline_input_as_flat_matches_direct_computation(eval_json, stored):
 
 
 def test_untrained_flat_output_is_the_input_through_the_codec(eval_json, stored, tiny_vae):
-    from delit_cache.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.metrics import flat_psnr_ssim
 
     _, data, _, _ = eval_json
     relit = torch.stack([s["relit"] for s in stored])
@@ -175,8 +175,8 @@ def test_untrained_flat_output_is_the_input_through_the_codec(eval_json, stored,
 def test_evaluate_mean_env_baseline_matches_sphere_metrics(samples, tiny_vae):
     """The given mean env is the baseline; its scores equal ``sphere_metrics`` computed
     directly, and the true env of a sample as the 'mean' scores perfectly on that sample."""
-    from delit_cache.evaluate import evaluate
-    from delit_cache.metrics import sphere_metrics
+    from delit_cache.evaluate.evaluate import evaluate
+    from delit_cache.evaluate.metrics import sphere_metrics
 
     model, _ = create_model_and_transforms(tiny_vae, create_heads(SMALL, seed=0), image_size=SIZE)
     mean = samples[1]["env"]
@@ -195,7 +195,7 @@ def test_evaluate_mean_env_baseline_matches_sphere_metrics(samples, tiny_vae):
 
 
 def test_evaluate_rejects_no_samples(tiny_vae):
-    from delit_cache.evaluate import evaluate
+    from delit_cache.evaluate.evaluate import evaluate
 
     model, _ = create_model_and_transforms(tiny_vae, create_heads(SMALL, seed=0), image_size=SIZE)
     with pytest.raises(DelitError, match="no samples"):
@@ -203,8 +203,8 @@ def test_evaluate_rejects_no_samples(tiny_vae):
 
 
 def test_eval_reads_mean_env_beside_the_checkpoint(run_dir, tmp_path, samples, tiny_vae_pth):
-    from delit_cache.imageio import write_exr
-    from delit_cache.inference import resolve_checkpoint
+    from delit_cache.data.imageio import write_exr
+    from delit_cache.infer.delighter import resolve_checkpoint
 
     heads_file = tmp_path / "heads.safetensors"
     heads_file.write_bytes((run_dir / "heads.safetensors").read_bytes())
@@ -245,7 +245,7 @@ def test_bad_checkpoint_exits_2_with_one_line(kind, tmp_path, tiny_vae, shards, 
 
 
 def test_demo_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
-    from delit_cache import inference
+    from delit_cache.infer import delighter as inference
 
     monkeypatch.setattr(
         inference,
@@ -257,7 +257,7 @@ def test_demo_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_vae_fingerprint_mismatch_warns_in_one_line(tmp_path, tiny_vae, capsys):
-    from delit_cache.inference import load_vae_and_model
+    from delit_cache.infer.delighter import load_vae_and_model
 
     path = tmp_path / "heads.safetensors"
     save_heads(create_heads(SMALL, seed=0), path, extra={"vae_fingerprint": "0123456789abcdef"})

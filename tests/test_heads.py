@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from delit_cache.envcode import decode_env
+from delit_cache.lighting.envcode import decode_env
 from delit_cache.models import (
     DEFAULT_CONFIG,
     DelitConfig,

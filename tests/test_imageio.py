@@ -1,4 +1,4 @@
-"""Tests for delit_cache.imageio: HDR/LDR reading and writing, policies, sRGB."""
+"""Tests for delit_cache.data.imageio: HDR/LDR reading and writing, policies, sRGB."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from delit_cache.errors import DelitError
-from delit_cache.imageio import (
+from delit_cache.data.imageio import (
     float_to_rgbe,
     image_to_tensor,
     linear_to_srgb,
@@ -25,6 +24,7 @@ from delit_cache.imageio import (
     write_hdr,
     write_png,
 )
+from delit_cache.utils.errors import DelitError
 
 RNG = np.random.default_rng(0)
 

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from cli.app import main
-from delit_cache.checkpoint import save_heads
-from delit_cache.inference import Delighter, collect_inputs, output_names, to_image_tensor
+from delit_cache.infer.delighter import Delighter, collect_inputs, output_names, to_image_tensor
 from delit_cache.models import DelitConfig, create_heads
+from delit_cache.models.pretrained import save_heads
 
 SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
 SIZE = 32  # model size for these tests
@@ -67,7 +67,7 @@ def test_infer_writes_three_files_per_input_and_reports_failures(
     expected = {"wide": (50, 75), "a__face": (41, 23), "b__deep__face": (30, 30)}
     names = {p.name for p in out.iterdir()}
     assert names == {f"{n}_{s}" for n in expected for s in ("flat.png", "env.exr", "env.png")}
-    from delit_cache.imageio import read_hdr, read_ldr
+    from delit_cache.data.imageio import read_hdr, read_ldr
 
     for name, (h, w) in expected.items():
         assert read_ldr(out / f"{name}_flat.png").shape == (h, w, 3)

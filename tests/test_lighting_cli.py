@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cli.app import main
-from delit_cache.envmap import fixture_envs, load_env, rotate_env
-from delit_cache.imageio import read_ldr, tensor_to_image, write_exr
+from delit_cache.data.imageio import read_ldr, tensor_to_image, write_exr
+from delit_cache.lighting.envmap import fixture_envs, load_env, rotate_env
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for delit_cache.metrics: sphere metrics, light direction, flat-lit PSNR/SSIM."""
+"""Tests for delit_cache.evaluate.metrics: sphere metrics, light direction, flat-lit PSNR/SSIM."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from delit_cache.envmap import direction_grid, fixture_envs, load_env, rotate_env
-from delit_cache.metrics import (
+from delit_cache.evaluate.metrics import (
     angular_error_deg,
     brightest_direction,
     flat_psnr_ssim,
@@ -20,6 +19,7 @@ from delit_cache.metrics import (
     sphere_metrics,
     ssim,
 )
+from delit_cache.lighting.envmap import direction_grid, fixture_envs, load_env, rotate_env
 
 GEN = torch.Generator().manual_seed(0)
 

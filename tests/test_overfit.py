@@ -12,11 +12,11 @@ import time
 import pytest
 
 from cli.app import main
-from delit_cache.cache import LatentCache
-from delit_cache.checkpoint import load_heads
-from delit_cache.losses import cache_losses
-from delit_cache.train import initial_heads
-from delit_cache.trainconfig import load_config
+from delit_cache.cache.store import LatentCache
+from delit_cache.models.pretrained import load_heads
+from delit_cache.train.config import load_config
+from delit_cache.train.losses import cache_losses
+from delit_cache.train.trainer import initial_heads
 
 STEPS = 400
 BATCH = 4

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cli.app import main
-from delit_cache.datacheck import check
-from delit_cache.imageio import write_exr
-from delit_cache.shards import ShardWriter, encode_sample, iter_samples
+from delit_cache.data.check import check
+from delit_cache.data.imageio import write_exr
+from delit_cache.data.shards import ShardWriter, encode_sample, iter_samples
 
 
 def _layout(root, stems=("a", "b", "c"), hw=(16, 16)):

@@ -1,4 +1,4 @@
-"""Tests for delit_cache.render: exactness against brute force, conventions, batching, grads."""
+"""Tests for delit_cache.lighting.render: exactness against brute force, conventions, batching, grads."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from delit_cache import render as R
-from delit_cache.envmap import direction_grid, fixture_envs, load_env, rotate_env, solid_angles
+from delit_cache.lighting import render as R
+from delit_cache.lighting.envmap import (
+    direction_grid,
+    fixture_envs,
+    load_env,
+    rotate_env,
+    solid_angles,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import tarfile
 import pytest
 import torch
 
-from delit_cache.errors import DelitError
-from delit_cache.shards import (
+from delit_cache.data.shards import (
     ShardWriter,
     decode_sample,
     encode_sample,
@@ -16,6 +15,7 @@ from delit_cache.shards import (
     iter_samples,
     make_pipeline,
 )
+from delit_cache.utils.errors import DelitError
 
 
 def _sample(key: str, seed: int, hw=(12, 16), with_optional: bool = True) -> dict:

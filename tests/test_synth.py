@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from cli.app import main
-from delit_cache.envmap import rotate_env
-from delit_cache.errors import DelitError
+from delit_cache.lighting.envmap import rotate_env
 from delit_cache.synth.compose import render_sample, render_scene, sample_scene
 from delit_cache.synth.environments import KINDS, add_source, direction, procedural_env
 from delit_cache.synth.geometry import SKIN
 from delit_cache.synth.writer import encode_synth, synth
+from delit_cache.utils.errors import DelitError
 
 SIZE = 96
 LUMA = torch.tensor([0.2126, 0.7152, 0.0722])

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from delit_cache import cache as cm
-from delit_cache.checkpoint import heads_metadata, load_heads
-from delit_cache.errors import DelitError
-from delit_cache.train import Schedule, epoch_order, lr_lambda
-from delit_cache.trainconfig import TrainConfig, load_config, resolve_config_path
+from delit_cache.cache import store as cm
+from delit_cache.models.pretrained import heads_metadata, load_heads
+from delit_cache.train.config import TrainConfig, load_config, resolve_config_path
+from delit_cache.train.trainer import Schedule, epoch_order, lr_lambda
+from delit_cache.utils.errors import DelitError
 
 SPEC = cm.CacheSpec(vae_fingerprint="feedbeef", vae_dim=8, image_size=32, encode_dtype="float32")
 
@@ -105,7 +105,7 @@ def test_lr_schedule():
 
 def test_run_folder_with_old_spellings(tmp_path, cache_path, capsys):
     from cli.app import main
-    from delit_cache.imageio import read_hdr
+    from delit_cache.data.imageio import read_hdr
 
     config = write_config(tmp_path / "c.yaml", val_fraction=0.25, val_every=2, ckpt_every=1)
     run = tmp_path / "run"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 from delit_cache.vae import (
     WAN21_LATENT_MEAN,
     WAN21_LATENT_STD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from delit_cache.envcode import decode_env
+from delit_cache.lighting.envcode import decode_env
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads
 from delit_cache.models.transform import PortraitTransform
@@ -72,7 +72,7 @@ def create_model_and_transforms(
     """The one factory: a ``DelitModel`` on ``device`` and the transform for its inputs.
 
     ``vae`` comes from ``delit_cache.vae.load_wan_vae``; ``heads`` from
-    ``delit_cache.checkpoint.load_heads`` (fresh heads built from ``config`` when None).
+    ``delit_cache.models.pretrained.load_heads`` (fresh heads built from ``config`` when None).
     """
     heads = heads if heads is not None else create_heads(config)
     model = DelitModel(vae, heads).to(device).eval()

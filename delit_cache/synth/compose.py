@@ -33,8 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from delit_cache.imageio import linear_to_srgb
-from delit_cache.render import diffuse_shading, mirror_lookup, prepare_env, specular_shading
+from delit_cache.data.imageio import linear_to_srgb
+from delit_cache.lighting.render import (
+    diffuse_shading,
+    mirror_lookup,
+    prepare_env,
+    specular_shading,
+)
 from delit_cache.synth.environments import sample_env
 from delit_cache.synth.geometry import (
     EAR,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from delit_cache.envmap import ENV_SIZE, direction_grid, load_env, rotate_env, solid_angles
+from delit_cache.lighting.envmap import ENV_SIZE, direction_grid, load_env, rotate_env, solid_angles
 
 KINDS = ("sky", "overcast", "indoor", "studio", "neon")
 KIND_WEIGHTS = (0.3, 0.15, 0.2, 0.2, 0.15)

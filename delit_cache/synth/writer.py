@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from delit_cache.errors import DelitError
-from delit_cache.pack import ensure_no_shards
-from delit_cache.shards import ShardWriter, encode_sample
+from delit_cache.data.pack import ensure_no_shards
+from delit_cache.data.shards import ShardWriter, encode_sample
 from delit_cache.synth.compose import render_sample
 from delit_cache.synth.environments import list_hdris
+from delit_cache.utils.errors import DelitError
 
 MIN_SIZE = 32
 

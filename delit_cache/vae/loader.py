@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.atomic import atomic_path
-from delit_cache.errors import DelitError
-from delit_cache.vae.checkpoint import (
+from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.errors import DelitError
+from delit_cache.vae.model import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WanVAE
+from delit_cache.vae.weights import (
     check_keys,
     extract_vae_state,
     infer_dims,
@@ -22,7 +23,6 @@ from delit_cache.vae.checkpoint import (
     state_fingerprint,
     unwrap_state_dict,
 )
-from delit_cache.vae.model import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WanVAE
 
 DEMO_SOURCE = "demo"
 DEMO_CODEC_FILE = "demo_codec.safetensors"

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from delit_cache.errors import DelitError
 from delit_cache.models.config import DelitConfig
+from delit_cache.utils.errors import DelitError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
@@ -153,7 +153,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from delit_cache.atomic import atomic_path
+    from delit_cache.utils.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

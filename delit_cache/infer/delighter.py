@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from delit_cache.checkpoint import HEADS_FILENAME, heads_metadata, load_heads
-from delit_cache.errors import DelitError
 from delit_cache.models import (
     DelitHeads,
     DelitModel,
     PortraitTransform,
     create_model_and_transforms,
 )
+from delit_cache.models.pretrained import HEADS_FILENAME, heads_metadata, load_heads
+from delit_cache.utils.errors import DelitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 MEAN_ENV_FILENAME = "mean_env.exr"
@@ -80,7 +80,7 @@ def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | Non
     (the training metadata), ``image_size`` (int or None) and ``vae_fingerprint`` (or None).
     Raises ``DelitError`` for a missing or unusable checkpoint (VAE weights, garbage, ...).
     """
-    from delit_cache.envmap import load_env  # the HDR reader pulls in OpenEXR
+    from delit_cache.lighting.envmap import load_env  # the HDR reader pulls in OpenEXR
 
     heads_path, env_path = _checkpoint_files(spec)
     heads = load_heads(heads_path)
@@ -401,7 +401,7 @@ class Delighter:
         return summary
 
     def _load_batch(self, batch: Sequence[Path], summary: RunSummary, bar) -> list:
-        from delit_cache.imageio import read_ldr
+        from delit_cache.data.imageio import read_ldr
 
         loaded = []
         for path in batch:
@@ -420,8 +420,8 @@ def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
 
 def write_result(result: DelitResult, out_dir: Path, name: str) -> list[Path]:
     """Write ``<name>_flat.png``, ``<name>_env.exr`` and ``<name>_env.png``; return the paths."""
-    from delit_cache.envshow import env_figure
-    from delit_cache.imageio import write_exr, write_png
+    from delit_cache.data.imageio import write_exr, write_png
+    from delit_cache.lighting.envshow import env_figure
 
     flat_path = out_dir / f"{name}_flat.png"
     exr_path = out_dir / f"{name}_env.exr"

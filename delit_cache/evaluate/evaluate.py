@@ -3,7 +3,7 @@
 For every sample (relit photo, true flat-lit image, true env map) this measures
 
 * the model: flat-lit PSNR / SSIM (per-channel least-squares scale fitted to the truth, see
-  ``delit_cache.metrics.flat_psnr_ssim``), and the three-sphere env metrics (diffuse, matte
+  ``delit_cache.evaluate.metrics.flat_psnr_ssim``), and the three-sphere env metrics (diffuse, matte
   silver, mirror: si-RMSE, angular error, nRMSE) plus the brightest-light direction error;
 * the codec ceiling: PSNR of ``decode(encode(true flat))`` against the true flat image, the
   best any flat latent decoded by the frozen Wan decoder could do;
@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from delit_cache.envmap import ENV_SIZE, resample_env
-from delit_cache.errors import DelitError
+from delit_cache.lighting.envmap import ENV_SIZE, resample_env
 from delit_cache.models import DelitModel, Placement, PortraitTransform
+from delit_cache.utils.errors import DelitError
 
 SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_METRICS = ("si_rmse", "angular_deg", "nrmse")
@@ -97,7 +97,7 @@ def _prepare(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
 
 def _score_flat(means: _Means, name: str, pred: list, gt: list) -> None:
     """Per-sample scale-fitted PSNR/SSIM of ``pred`` against ``gt`` ([3,h,w] each) into means."""
-    from delit_cache.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.metrics import flat_psnr_ssim
 
     for p, g in zip(pred, gt, strict=True):
         psnr, ssim = flat_psnr_ssim(p, g)
@@ -122,7 +122,7 @@ class _EnvScorer:
     def score(self, means: _Means, prefix: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
         """Add per-sample scores of ``pred`` ([B,3,h,w], or [3,h,w] for every sample) against
         ``gt`` [B,3,h,w] to ``means`` under ``prefix``."""
-        from delit_cache.metrics import sphere_errors
+        from delit_cache.evaluate.metrics import sphere_errors
 
         b = gt.shape[0]
         gt = gt.float().to(self.device)
@@ -177,7 +177,7 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on raw ``samples`` (dicts with ``relit``/``flat`` [3,H,W] in [0,1] and
-    ``env`` [3,h,w] linear HDR, as from ``delit_cache.shards.iter_samples``).
+    ``env`` [3,h,w] linear HDR, as from ``delit_cache.data.shards.iter_samples``).
 
     ``mean_env`` [3,h,w] linear HDR is the mean-env baseline; None means the mean env of the
     evaluated samples themselves (their env maps are kept in memory, 0.4 MB per sample, and

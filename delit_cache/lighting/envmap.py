@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from delit_cache.errors import DelitError
-from delit_cache.imageio import read_hdr
+from delit_cache.data.imageio import read_hdr
+from delit_cache.utils.errors import DelitError
 
 ENV_SIZE = (128, 256)  # (h, w) of the project's env maps
 

@@ -16,11 +16,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from delit_cache.cache import DATA_ARRAYS, LatentCache
-from delit_cache.envcode import decode_env, encode_env
-from delit_cache.envmap import resample_env, solid_angles
-from delit_cache.render import render_spheres
-from delit_cache.trainconfig import TrainConfig
+from delit_cache.cache.store import DATA_ARRAYS, LatentCache
+from delit_cache.lighting.envcode import decode_env, encode_env
+from delit_cache.lighting.envmap import resample_env, solid_angles
+from delit_cache.lighting.render import render_spheres
+from delit_cache.train.config import TrainConfig
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,6 @@
 """``delit encode``: frozen-VAE encoding of webdataset shards into the latent cache.
 
-Steps (see ``delit_cache.cache`` for the store layout):
+Steps (see ``delit_cache.cache.store`` for the store layout):
 
 1. Rank 0 opens or creates the store (refusing another VAE, size, precision or
    augmentation setting), lists the keys of every shard (tar headers only), drops keys the
@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from delit_cache import cache as cache_mod
-from delit_cache.augment import augment_sample
-from delit_cache.distributed import (
+from delit_cache.cache import store as cache_mod
+from delit_cache.data.augment import augment_sample
+from delit_cache.data.shards import decode_sample, expand_shards, raw_samples
+from delit_cache.lighting.envmap import resample_env
+from delit_cache.models.transform import PortraitTransform
+from delit_cache.train.distributed import (
     DistInfo,
     barrier,
     broadcast_object,
@@ -40,10 +43,7 @@ from delit_cache.distributed import (
     init_distributed,
     resolve_rank_device,
 )
-from delit_cache.envmap import resample_env
-from delit_cache.errors import DelitError
-from delit_cache.models.transform import PortraitTransform
-from delit_cache.shards import decode_sample, expand_shards, raw_samples
+from delit_cache.utils.errors import DelitError
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}

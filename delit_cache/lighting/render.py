@@ -1,6 +1,6 @@
 """Differentiable image-based shading under equirectangular env maps (torch, CPU-fast).
 
-Conventions: see ``delit_cache.envmap`` (y up, camera on +z looking at -z). Env maps are
+Conventions: see ``delit_cache.lighting.envmap`` (y up, camera on +z looking at -z). Env maps are
 linear radiance ``[B,3,h,w]`` or ``[3,h,w]``; normals, view and reflection directions are
 channel-first unit vectors ``[B,3,H,W]`` or ``[3,H,W]`` in world space. Every shading function
 returns ``[B,3,H,W]`` linear radiance (``B`` = the larger of the env and direction batch sizes;
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from delit_cache.envmap import (
+from delit_cache.lighting.envmap import (
     ENV_SIZE,
     _batched,
     direction_grid,

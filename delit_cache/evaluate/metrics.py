@@ -35,8 +35,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from delit_cache.envmap import ENV_SIZE, _batched, direction_grid, resample_env, solid_angles
-from delit_cache.render import render_spheres
+from delit_cache.lighting.envmap import (
+    ENV_SIZE,
+    _batched,
+    direction_grid,
+    resample_env,
+    solid_angles,
+)
+from delit_cache.lighting.render import render_spheres
 
 SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_SIZE = 128

@@ -1,6 +1,6 @@
 """The latent cache: a Zarr v3 store of frozen-VAE latents and env targets for stage two.
 
-``delit encode`` writes it (see ``delit_cache.encode``); ``delit train-heads`` and
+``delit encode`` writes it (see ``delit_cache.cache.encode``); ``delit train-heads`` and
 ``delit eval`` read it through :class:`LatentCache`. Layout of ``CACHE.zarr`` (one group)::
 
     relit_latent  float32 [R,16,h,w]      normalised Wan latent of the photo (h = size/8)
@@ -44,7 +44,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from delit_cache import __version__
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 FORMAT = "delit-latent-cache"
 FORMAT_VERSION = 1
@@ -90,7 +90,7 @@ class CacheSpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing side (used by delit_cache.encode)
+# Writing side (used by delit_cache.cache.encode)
 
 
 def open_store(path: str | Path, spec: CacheSpec, block_size: int) -> zarr.Group:

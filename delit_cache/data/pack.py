@@ -1,6 +1,6 @@
-"""``delit pack``: turn a folder layout (see ``delit_cache.datacheck``) into webdataset shards.
+"""``delit pack``: turn a folder layout (see ``delit_cache.data.check``) into webdataset shards.
 
-Every sample is decoded, checked and re-encoded in the shard format of ``delit_cache.shards``
+Every sample is decoded, checked and re-encoded in the shard format of ``delit_cache.data.shards``
 (relit/flat as 8-bit sRGB PNG, env and normals as half EXR). Shards are written into a hidden
 temporary folder inside ``out`` and moved into place only when every sample was good, so a
 failed pack leaves no shards behind.
@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from delit_cache.datacheck import iter_folder, scan_folder
-from delit_cache.errors import DelitError
-from delit_cache.shards import ShardWriter, encode_sample
+from delit_cache.data.check import iter_folder, scan_folder
+from delit_cache.data.shards import ShardWriter, encode_sample
+from delit_cache.utils.errors import DelitError
 
 
 def ensure_no_shards(out: Path) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from delit_cache.atomic import atomic_path
-from delit_cache.envshow import env_figure
+from delit_cache.lighting.envshow import env_figure
+from delit_cache.utils.atomic import atomic_path
 
 COLUMNS = ("input", "predicted flat", "true flat", "predicted env", "true env")
 # Rows of the metrics table: (label, key in the eval JSON).

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from delit_cache.atomic import atomic_path
-from delit_cache.errors import DelitError
+from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.errors import DelitError
 
 HDR_EXTS = (".exr", ".hdr", ".rgbe", ".pic")
 LDR_EXTS = (".png", ".jpg", ".jpeg")

@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 
-from delit_cache.errors import DelitError
-from delit_cache.shards import (
+from delit_cache.data.shards import (
     REQUIRED_FIELDS,
     decode_png,
     decode_sample,
     expand_shards,
     raw_samples,
 )
+from delit_cache.utils.errors import DelitError
 
 LDR_EXTS = (".png", ".jpg", ".jpeg")
 FOLDER_KINDS: dict[str, tuple[str, ...]] = {
@@ -174,7 +174,7 @@ def load_folder_sample(stem: str, paths: dict[str, Path]) -> dict[str, Any]:
 
     Raises ``DelitError("<file>: unreadable (...)")`` for the first file that cannot be read.
     """
-    from delit_cache.imageio import image_to_tensor, read_hdr, read_ldr
+    from delit_cache.data.imageio import image_to_tensor, read_hdr, read_ldr
 
     loaders = {
         "relit": lambda p: image_to_tensor(read_ldr(p)),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 ANCHOR_KEY = "decoder.middle.0.residual.0.gamma"  # identifies the Wan 2.1 VAE key layout
 VAE_FILE_NAMES = (

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from delit_cache.envmap import ENV_SIZE, _batched, resample_env
-from delit_cache.imageio import linear_to_srgb
-from delit_cache.render import render_spheres
+from delit_cache.data.imageio import linear_to_srgb
+from delit_cache.lighting.envmap import ENV_SIZE, _batched, resample_env
+from delit_cache.lighting.render import render_spheres
 
 PANO_KEY = 0.18
 SPHERE_KEY = 0.3

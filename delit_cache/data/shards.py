@@ -11,7 +11,7 @@ member             required  content
 ``<key>.relit.png``   yes    the photo: 8-bit sRGB PNG, RGB, H x W.
 ``<key>.flat.png``    yes    the same subject under uniform white light of radiance 1, stored
                              sRGB-encoded like a photo (8-bit PNG, RGB, H x W).
-``<key>.env.exr``     yes    the lighting: equirectangular map (see ``delit_cache.envmap``),
+``<key>.env.exr``     yes    the lighting: equirectangular map (see ``delit_cache.lighting.envmap``),
                              linear radiance in the photo's units, half-float RGB OpenEXR,
                              normally 128 x 256.
 ``<key>.mask.png``    no     subject mask: 8-bit grey PNG, 255 = subject, H x W.
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from delit_cache.errors import DelitError
+from delit_cache.utils.errors import DelitError
 
 REQUIRED_FIELDS = ("relit.png", "flat.png", "env.exr")
 OPTIONAL_FIELDS = ("mask.png", "normal.exr", "json")

@@ -14,10 +14,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from delit_cache import __version__
-from delit_cache.atomic import atomic_path
-from delit_cache.errors import DelitError
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import DelitHeads
+from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.errors import DelitError
 
 FORMAT = "delit-heads"
 HEADS_FILENAME = "heads.safetensors"

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from delit_cache.atomic import atomic_path
-from delit_cache.errors import DelitError
+from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.errors import DelitError
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.pt"

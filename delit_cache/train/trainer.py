@@ -27,10 +27,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from delit_cache import trainstate
-from delit_cache.cache import DATA_ARRAYS, LatentCache
-from delit_cache.checkpoint import save_heads
-from delit_cache.distributed import (
+from delit_cache.cache.store import DATA_ARRAYS, LatentCache
+from delit_cache.models.heads import DelitHeads, create_heads
+from delit_cache.models.pretrained import save_heads
+from delit_cache.train import state as trainstate
+from delit_cache.train.config import TrainConfig, config_from_dict, load_config, save_config
+from delit_cache.train.distributed import (
     DistInfo,
     all_reduce_mean,
     barrier,
@@ -38,10 +40,8 @@ from delit_cache.distributed import (
     dist_info,
     init_distributed,
 )
-from delit_cache.errors import DelitError
-from delit_cache.losses import compute_losses, env_metrics
-from delit_cache.models.heads import DelitHeads, create_heads
-from delit_cache.trainconfig import TrainConfig, config_from_dict, load_config, save_config
+from delit_cache.train.losses import compute_losses, env_metrics
+from delit_cache.utils.errors import DelitError
 
 # ----------------------------------------------------------------------------------------------
 # Data
@@ -216,7 +216,7 @@ def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 def write_mean_env(cache: LatentCache, train_idx: list[int], path: Path) -> None:
     """``RUN/mean_env.exr``: mean linear HDR env of the training split (float32 EXR)."""
-    from delit_cache.imageio import write_exr
+    from delit_cache.data.imageio import write_exr
 
     write_exr(path, cache.mean_env(train_idx), half=False)
 
@@ -438,7 +438,7 @@ class Trainer:
 
 def _broadcast_names(names: list[str]) -> list[str]:
     """Rank 0's metric names on every rank (ranks without val batches have none)."""
-    from delit_cache.distributed import broadcast_object
+    from delit_cache.train.distributed import broadcast_object
 
     return broadcast_object(names)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from delit_cache.imageio import linear_to_srgb, srgb_to_linear
+from delit_cache.data.imageio import linear_to_srgb, srgb_to_linear
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from delit_cache.errors import DelitError
-from delit_cache.imageio import linear_to_srgb, write_png
+from delit_cache.data.imageio import linear_to_srgb, write_png
+from delit_cache.utils.errors import DelitError
 
 WHITE_POINT = 4.0
 
