@@ -38,11 +38,34 @@ def synth_cmd(
     seed: int = typer.Option(0, "--seed", help="dataset seed (sample i uses (seed, i))"),
     workers: int = typer.Option(1, "--workers", help="worker processes (1 torch thread each)"),
     shard_size: int = typer.Option(1000, "--shard-size", help="samples per shard"),
+    hdris: str | None = typer.Option(
+        None, "--hdris", help="comma-separated HDRI stems to use (default: all in the folder)"
+    ),
+    exclude_hdris: str | None = typer.Option(
+        None, "--exclude-hdris", help="comma-separated HDRI stems to leave out (a held-out split)"
+    ),
+    p_hdri: float = typer.Option(
+        0.5, "--p-hdri", help="probability of HDRI lighting per sample (1: HDRIs only)"
+    ),
 ) -> None:
     """Render synthetic portraits under HDRI and procedural lighting into shards."""
     from delit_cache.synth.writer import synth
 
-    shards = synth(out, n, size, hdri_dir, seed, workers, shard_size)
+    def names(value: str | None) -> list[str]:
+        return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+    shards = synth(
+        out,
+        n,
+        size,
+        hdri_dir,
+        seed,
+        workers,
+        shard_size,
+        hdris=names(hdris) if hdris is not None else None,
+        exclude_hdris=names(exclude_hdris),
+        p_hdri=p_hdri,
+    )
     typer.echo(f"wrote {n} samples in {len(shards)} shards to {out}")
 
 

@@ -32,6 +32,9 @@ def encode_cmd(
     seed: int = typer.Option(0, "--seed", help="Augmentation seed."),
     block_size: int = typer.Option(64, "--block-size", help="Rows per chunk (new stores only)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile the encoder (minutes to compile; for big caches)."
+    ),
 ) -> None:
     """Encode relit and flat images of SHARDS with the frozen VAE into a Zarr latent cache.
 
@@ -43,7 +46,7 @@ def encode_cmd(
 
     summary = encode_shards(
         vae, data, out, size=size, batch_size=batch_size, device=device, dtype=dtype,
-        augment=augment, seed=seed, block_size=block_size, progress=progress,
+        augment=augment, seed=seed, block_size=block_size, progress=progress, compile=compile,
     )  # fmt: skip
     if dist_info().is_main:
         typer.echo(

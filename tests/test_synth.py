@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,41 @@ def test_synth_bad_arguments(tmp_path, kw, msg):
     args = {"n": 1, "size": 64, **kw}
     with pytest.raises(DelitError, match=msg):
         synth(tmp_path / "o", progress=False, **args)
+
+
+def test_hdri_selection_and_heldout_split():
+    from delit_cache.synth.environments import HELDOUT_HDRIS, list_hdris
+
+    every = {p.stem for p in list_hdris(None)}
+    assert set(HELDOUT_HDRIS) <= every
+    train = {p.stem for p in list_hdris(None, exclude=HELDOUT_HDRIS)}
+    assert train == every - set(HELDOUT_HDRIS)
+    assert {p.stem for p in list_hdris(None, include=HELDOUT_HDRIS)} == set(HELDOUT_HDRIS)
+    with pytest.raises(ValueError, match="no HDRI named 'nope'"):
+        list_hdris(None, exclude=["nope"])
+
+
+def test_sample_env_draws_only_selected_hdris_and_records_mixes():
+    from delit_cache.synth.environments import LightingOptions, list_hdris, sample_env
+
+    hdris = list_hdris(None, include=["studio"])
+    seen, mixes, tints = set(), 0, 0
+    for i in range(40):
+        env, meta = sample_env(np.random.default_rng(i), hdris, LightingOptions(p_hdri=1.0))
+        assert env.shape == (3, 128, 256) and torch.isfinite(env).all() and env.min() >= 0
+        seen.add(meta["env_source"])
+        mixes += "env_mix" in meta
+        tints += "env_tint" in meta
+    assert seen == {"hdri:studio.exr"}
+    assert 0 < mixes < 40 and 0 < tints < 40  # drawn with probabilities 0.35 and 0.5
+
+
+def test_synth_lighting_options_are_validated(tmp_path):
+    from delit_cache.synth.writer import synth
+
+    with pytest.raises(DelitError, match="p-hdri"):
+        synth(tmp_path / "a", n=1, size=32, p_hdri=1.5, progress=False)
+    with pytest.raises(DelitError, match="no HDRI named"):
+        synth(tmp_path / "b", n=1, size=32, exclude_hdris=["nope"], progress=False)
+    with pytest.raises(DelitError, match="needs HDRIs"):
+        synth(tmp_path / "c", n=1, size=32, hdri_dir=None, hdris=[], p_hdri=1.0, progress=False)

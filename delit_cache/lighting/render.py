@@ -409,3 +409,28 @@ def reference_diffuse_shading(
         cos = torch.einsum("pd,bdn->bpn", dirs.T, nf[..., s : s + chunk]).clamp_min(0.0)
         outs.append(torch.bmm(power, cos) / math.pi)
     return torch.cat(outs, dim=-1).view(b, 3, *n.shape[-2:]).float()
+
+
+def sphere_operators(
+    size: int, env_size: tuple[int, int], device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear maps from an ``h x w`` env map to the diffuse and matte spheres (for losses).
+
+    Returns ``ops [2, h*w, M]`` (diffuse, matte silver, as in ``render_spheres``) and the
+    sphere mask ``[S,S]`` with its ``M`` pixels: ``sphere[b, c, m] = sum_p env[b, c, p] *
+    ops[k, p, m]``. Exact quadrature over the map's pixels (each one a point light at its
+    centre); the matte weights of each sphere pixel are normalised to sum to 1, so a uniform
+    map renders exactly. Cheap enough to apply every training step, and the targets'
+    spheres come from the same operator, so loss and target agree on any aliasing.
+    """
+    n, mask = sphere_normals(size, device=device)
+    nm = n[:, mask]  # [3,M]
+    dirs = direction_grid(*env_size, device=device).flatten(1)  # [3,P]
+    omega = solid_angles(*env_size, device=device).flatten()[:, None]  # [P,1]
+    diffuse = SPHERE_ALBEDO * (dirs.T @ nm).clamp_min(0.0) / math.pi * omega
+    view = torch.zeros_like(nm)
+    view[2] = 1.0
+    r = 2.0 * (nm * view).sum(0, keepdim=True) * nm - view
+    matte = _ggx_weight(dirs.T @ r, _alpha2(MATTE_ROUGHNESS)) * omega
+    matte = matte / matte.sum(0, keepdim=True).clamp_min(1e-12)
+    return torch.stack([diffuse, matte]), mask

@@ -40,7 +40,7 @@ from delit_cache.lighting.render import (
     prepare_env,
     specular_shading,
 )
-from delit_cache.synth.environments import sample_env
+from delit_cache.synth.environments import LightingOptions, sample_env
 from delit_cache.synth.geometry import (
     EAR,
     NECK,
@@ -174,13 +174,15 @@ class Scene:
     jitter: float
 
 
-def sample_scene(seed: int, index: int, hdris: list[Path]) -> Scene:
+def sample_scene(
+    seed: int, index: int, hdris: list[Path], lighting: LightingOptions = LightingOptions()
+) -> Scene:
     """Draw the scene of sample ``index`` for ``seed`` (independent of any other sample)."""
     rng = np.random.default_rng([seed, index])
     subject = sample_subject(rng)
     camera = sample_camera(rng)
     look = sample_look(rng)
-    env, env_meta = sample_env(rng, hdris)
+    env, env_meta = sample_env(rng, hdris, lighting)
     jitter = float(2.0 ** rng.uniform(-0.4, 0.25))
     return Scene(subject, camera, look, env, env_meta, jitter)
 
@@ -212,10 +214,14 @@ def render_scene(
 
 
 def render_sample(
-    seed: int, index: int, size: int = 256, hdris: list[Path] | None = None
+    seed: int,
+    index: int,
+    size: int = 256,
+    hdris: list[Path] | None = None,
+    lighting: LightingOptions = LightingOptions(),
 ) -> SynthSample:
-    """Sample ``index`` of the dataset with ``seed``: deterministic in (seed, index, size)."""
-    scene = sample_scene(seed, index, list(hdris or []))
+    """Sample ``index`` of the dataset with ``seed``: deterministic in its arguments."""
+    scene = sample_scene(seed, index, list(hdris or []), lighting)
     out = render_scene(scene, size)
     out.key = f"{seed:04d}_{index:08d}"
     out.meta.update({"seed": seed, "index": index})

@@ -1,17 +1,24 @@
 """Lighting for synthetic portraits: real HDRIs (rotated, exposed) and procedural env maps.
 
 Procedural kinds (all ``[3,128,256]`` linear radiance in the project's equirectangular
-convention, see ``delit_cache.envmap``): ``sky`` (clear sky with a sun disc and lit ground),
+convention, see ``delit_cache.lighting.envmap``): ``sky`` (clear sky with a sun disc and lit ground),
 ``overcast`` (CIE-like overcast sky), ``indoor`` (room with ceiling area lights and a window),
-``studio`` (dark studio with key, fill and rim soft boxes) and ``neon`` (dark room with
-saturated coloured lights). Small sources are normalised by their integrated energy, so a
-source of a few pixels keeps the intended irradiance.
+``studio`` (dark studio with key, fill and rim soft boxes), ``neon`` (dark room with
+saturated coloured lights) and ``key`` (one dominant source anywhere on the sphere, from a
+soft box to a point-like lamp, over a dim coloured ambient). Small sources are normalised by
+their integrated energy, so a source of a few pixels keeps the intended irradiance.
+
+``sample_env`` adds the variation that no single kind has: a white-balance tint, a second
+source mixed in, and HDRIs rotated and exposed at random. ``HELDOUT_HDRIS`` names the packaged
+HDRIs that training data leaves out, so that evaluation sees lighting the heads never saw.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +26,11 @@ import torch
 
 from delit_cache.lighting.envmap import ENV_SIZE, direction_grid, load_env, rotate_env, solid_angles
 
-KINDS = ("sky", "overcast", "indoor", "studio", "neon")
-KIND_WEIGHTS = (0.3, 0.15, 0.2, 0.2, 0.15)
+KINDS = ("sky", "overcast", "indoor", "studio", "neon", "key")
+KIND_WEIGHTS = (0.25, 0.1, 0.2, 0.15, 0.1, 0.2)
+# Packaged HDRIs kept out of training data (delit demo, scripts/make_training_data.sh) and
+# used alone for the leave-HDRI-out evaluation: one outdoor and one indoor scene.
+HELDOUT_HDRIS = ("courtyard", "interior")
 # (kelvin, rgb) for colour temperatures, luminance-normalised below
 _KELVIN = [
     (2700, (1.0, 0.62, 0.32)),
@@ -177,12 +187,29 @@ def _neon(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
     return env
 
 
+def _light_colour(rng: np.random.Generator) -> torch.Tensor:
+    """A light colour: mostly a colour temperature, sometimes a saturated gel."""
+    return _saturated(rng) if rng.uniform() < 0.2 else kelvin_rgb(float(rng.uniform(2700, 10000)))
+
+
+def _key(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    ambient = _light_colour(rng) * float(10 ** rng.uniform(-2.5, -0.7))
+    up = 0.5 + 0.5 * dirs[1]  # brighter above: a ceiling or sky bounce
+    env = ambient[:, None, None] * (0.4 + 0.6 * up)[None]
+    kappa = float(10 ** rng.uniform(1.0, 3.3))  # soft box (10) .. hard lamp (2000)
+    centre = direction(rng.uniform(-180, 180), rng.uniform(-20, 80))
+    add_source(env, centre, kappa, float(rng.uniform(2, 8)), _light_colour(rng))
+    return env
+
+
 _BUILDERS = {
     "sky": _sky,
     "overcast": _overcast,
     "indoor": _indoor,
     "studio": _studio,
     "neon": _neon,
+    "key": _key,
 }
 
 
@@ -201,12 +228,26 @@ def packaged_hdri_dir() -> Path | None:
     return d if d.is_dir() and any(d.glob("*.exr")) else None
 
 
-def list_hdris(hdri_dir: str | Path | None) -> list[Path]:
-    """Sorted ``.exr``/``.hdr`` files of ``hdri_dir`` (``None``: the packaged folder or none)."""
+def list_hdris(
+    hdri_dir: str | Path | None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> list[Path]:
+    """Sorted ``.exr``/``.hdr`` files of ``hdri_dir`` (``None``: the packaged folder or none).
+
+    ``include``: keep only these stems; ``exclude``: drop these stems. A name that matches no
+    file is an error (a typo must not silently change the split)."""
     d = Path(hdri_dir) if hdri_dir is not None else packaged_hdri_dir()
-    if d is None:
-        return []
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in (".exr", ".hdr"))
+    files = (
+        [] if d is None else sorted(p for p in d.iterdir() if p.suffix.lower() in (".exr", ".hdr"))
+    )
+    stems = {p.stem for p in files}
+    for name in [*(include or ()), *exclude]:
+        if name not in stems:
+            raise ValueError(f"no HDRI named {name!r} in {d} (have: {', '.join(sorted(stems))})")
+    if include is not None:
+        files = [p for p in files if p.stem in include]
+    return [p for p in files if p.stem not in exclude]
 
 
 @functools.lru_cache(maxsize=64)
@@ -214,21 +255,54 @@ def _load_hdri(path: str) -> torch.Tensor:
     return load_env(path)
 
 
+@dataclass(frozen=True)
+class LightingOptions:
+    """How ``sample_env`` draws the lighting of one sample."""
+
+    p_hdri: float = 0.5  # probability of a real HDRI (when any are given), else procedural
+    p_tint: float = 0.5  # probability of a white-balance tint (2700-10000 K) over the map
+    p_mix: float = 0.35  # probability of a second procedural source mixed in
+    gain_stops: float = 1.0  # HDRI exposure drawn from 2**U(-gain_stops, gain_stops)
+
+
+def _tint(rng: np.random.Generator) -> torch.Tensor:
+    """A white-balance tint ``[3]`` relative to 6500 K (luminance 1)."""
+    return kelvin_rgb(float(rng.uniform(2700, 10000))) / kelvin_rgb(6500.0)
+
+
+def _energy(env: torch.Tensor) -> float:
+    _, omega = _grid(*env.shape[-2:])
+    return float((env.mean(0) * omega).sum())
+
+
 def sample_env(
-    rng: np.random.Generator, hdris: list[Path], p_hdri: float = 0.5
+    rng: np.random.Generator, hdris: list[Path], options: LightingOptions = LightingOptions()
 ) -> tuple[torch.Tensor, dict]:
     """Draw an env map ``[3,128,256]`` and its metadata.
 
-    With probability ``p_hdri`` (if ``hdris`` is not empty) a real HDRI rotated by a random
-    angle and scaled by 2**U(-1, 1); otherwise a procedural kind drawn by ``KIND_WEIGHTS``.
+    With probability ``options.p_hdri`` (if ``hdris`` is not empty) a real HDRI rotated by a
+    random angle and exposed by 2**U(-1, 1); otherwise a procedural kind drawn by
+    ``KIND_WEIGHTS``. Then, each with its probability, a second procedural map mixed in at
+    5-60 % of the first one's energy and a white-balance tint.
     """
-    if hdris and rng.uniform() < p_hdri:
+    if hdris and rng.uniform() < options.p_hdri:
         path = hdris[int(rng.integers(len(hdris)))]
         rot = float(rng.uniform(0, 360))
-        gain = float(2.0 ** rng.uniform(-1, 1))
+        gain = float(2.0 ** rng.uniform(-options.gain_stops, options.gain_stops))
         env = rotate_env(_load_hdri(str(path)), rot) * gain
-        return env, {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3),
-                     "env_gain": gain}  # fmt: skip
-    kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
-    return procedural_env(kind, rng), {"env_source": f"procedural:{kind}", "env_rotation": 0.0,
-                                       "env_gain": 1.0}  # fmt: skip
+        meta = {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3), "env_gain": gain}
+    else:
+        kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+        env = procedural_env(kind, rng)
+        meta = {"env_source": f"procedural:{kind}", "env_rotation": 0.0, "env_gain": 1.0}
+    if rng.uniform() < options.p_mix:
+        kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+        extra = procedural_env(kind, rng)
+        share = float(rng.uniform(0.05, 0.6))
+        env = env + extra * (share * _energy(env) / max(_energy(extra), 1e-12))
+        meta["env_mix"] = f"procedural:{kind}@{share:.3f}"
+    if rng.uniform() < options.p_tint:
+        tint = _tint(rng)
+        env = env * tint[:, None, None]
+        meta["env_tint"] = [round(float(c), 4) for c in tint]
+    return env.contiguous(), meta

@@ -9,7 +9,7 @@ same arguments give byte-identical shards.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,21 @@ from tqdm import tqdm
 from delit_cache.data.pack import ensure_no_shards
 from delit_cache.data.shards import ShardWriter, encode_sample
 from delit_cache.synth.compose import render_sample
-from delit_cache.synth.environments import list_hdris
+from delit_cache.synth.environments import LightingOptions, list_hdris
 from delit_cache.utils.errors import DelitError
 
 MIN_SIZE = 32
 
 
-def encode_synth(seed: int, index: int, size: int, hdris: list[Path]) -> dict[str, Any]:
+def encode_synth(
+    seed: int,
+    index: int,
+    size: int,
+    hdris: list[Path],
+    lighting: LightingOptions = LightingOptions(),
+) -> dict[str, Any]:
     """Render sample ``index`` and encode it for a shard (relit/flat PNG, env/normal EXR...)."""
-    s = render_sample(seed, index, size, hdris)
+    s = render_sample(seed, index, size, hdris, lighting)
     relit, flat = s.display()
     return encode_sample(s.key, relit, flat, s.env, s.mask, s.normal, s.meta)
 
@@ -36,14 +42,14 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _job(args: tuple[int, int, int, list[Path]]) -> dict[str, Any]:
+def _job(args: tuple[int, int, int, list[Path], LightingOptions]) -> dict[str, Any]:
     return encode_synth(*args)
 
 
 def _samples(
-    seed: int, n: int, size: int, hdris: list[Path], workers: int
+    seed: int, n: int, size: int, hdris: list[Path], lighting: LightingOptions, workers: int
 ) -> Iterator[dict[str, Any]]:
-    jobs = [(seed, i, size, hdris) for i in range(n)]
+    jobs = [(seed, i, size, hdris, lighting) for i in range(n)]
     if workers <= 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -66,11 +72,16 @@ def synth(
     workers: int = 1,
     shard_size: int = 1000,
     progress: bool = True,
+    hdris: Sequence[str] | None = None,
+    exclude_hdris: Sequence[str] = (),
+    p_hdri: float = 0.5,
 ) -> list[Path]:
     """Render ``n`` samples of ``size x size`` into ``out/shard-XXXXXX.tar``; return the shards.
 
     ``hdri_dir``: folder of ``.exr``/``.hdr`` env maps mixed with procedural lighting
-    (default: the packaged ``delit_cache/assets/hdri`` when present, else procedural only).
+    (default: the packaged ``delit_cache/assets/hdri`` when present, else procedural only);
+    ``hdris`` / ``exclude_hdris``: stems of that folder to use / to leave out (a held-out
+    split); ``p_hdri``: probability that a sample is lit by an HDRI (1: HDRIs only).
     Raises ``DelitError`` for bad arguments or an output folder that already holds shards.
     """
     if n < 1:
@@ -83,14 +94,22 @@ def synth(
         raise DelitError(f"--workers must be >= 1, got {workers}")
     if hdri_dir is not None and not Path(hdri_dir).is_dir():
         raise DelitError(f"{hdri_dir}: HDRI folder not found")
-    hdris = list_hdris(hdri_dir)
-    if hdri_dir is not None and not hdris:
-        raise DelitError(f"{hdri_dir}: no .exr or .hdr files")
+    if not 0.0 <= p_hdri <= 1.0:
+        raise DelitError(f"--p-hdri must be in [0, 1], got {p_hdri}")
+    try:
+        files = list_hdris(hdri_dir, hdris, exclude_hdris)
+    except ValueError as exc:
+        raise DelitError(str(exc)) from None
+    if (hdri_dir is not None or hdris) and not files:
+        raise DelitError(f"{hdri_dir or 'packaged HDRIs'}: no .exr or .hdr files selected")
+    if p_hdri == 1.0 and not files:
+        raise DelitError("--p-hdri 1 needs HDRIs, and none are selected")
+    lighting = LightingOptions(p_hdri=p_hdri)
     out = Path(out)
     ensure_no_shards(out)
     bar = tqdm(total=n, desc="synth", unit="sample", disable=not progress)
     with ShardWriter(out, shard_size=shard_size) as writer:
-        for sample in _samples(seed, n, size, hdris, workers):
+        for sample in _samples(seed, n, size, files, lighting, workers):
             writer.write(sample)
             bar.update(1)
     bar.close()

@@ -44,8 +44,10 @@ class TrainConfig:
     env_log_weight: float = 2.0  # extra factor on the encoding's log channel (HDR magnitude)
     sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
+    sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
+    max_samples: int = 0  # use only the first N training samples (0 = all; learning curves)
     val_fraction: float = 0.05  # share of samples (by key hash) held out for validation
     val_every: int = 500  # validate every N steps (and at the end; 0 = only at the end)
     val_batches: int = 0  # cap on validation batches (0 = the whole split)

@@ -5,8 +5,9 @@
 * env: L1 on the four-channel encoding (``envcode``), each pixel weighted by its solid angle
   (normalised to mean 1) so the poles do not dominate; the log channel counts
   ``env_log_weight`` times;
-* spheres: ``render_spheres`` of ``decode_env(pred)`` vs of the target HDR (diffuse and matte
-  silver), compared as L1 between ``log1p`` radiances inside the disc.
+* spheres: the diffuse and matte-silver spheres of ``decode_env(pred)`` vs of the target HDR
+  (``render.sphere_operators``: one matrix product each), L1 between ``log1p`` radiances
+  inside the disc.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from delit_cache.cache.store import DATA_ARRAYS, LatentCache
 from delit_cache.lighting.envcode import decode_env, encode_env
 from delit_cache.lighting.envmap import resample_env, solid_angles
-from delit_cache.lighting.render import render_spheres
+from delit_cache.lighting.render import sphere_operators
 from delit_cache.train.config import TrainConfig
 
 
@@ -56,35 +57,35 @@ def env_code_loss(pred_code: torch.Tensor, target_code: torch.Tensor, log_weight
     return (3.0 * colour + log_weight * log) / (3.0 + log_weight), colour, log
 
 
+@functools.lru_cache(maxsize=8)
+def _sphere_ops(size: int, env_size: tuple[int, int], device: str) -> torch.Tensor:
+    return sphere_operators(size, env_size, device=device)[0]
+
+
+def render_loss_spheres(
+    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
+) -> torch.Tensor:
+    """Diffuse and matte spheres of linear env maps ``[B,3,H,W]``, area-resampled to
+    ``env_size`` first -> ``[B,3,2,M]`` (the ``M`` pixels inside the disc); differentiable."""
+    env = resample_env(env_hdr.float(), tuple(env_size))
+    ops = _sphere_ops(size, tuple(env_size), str(env.device))
+    return torch.einsum("bcp,kpm->bckm", env.flatten(2), ops)
+
+
 def sphere_losses(
-    pred_code: torch.Tensor,
-    target_spheres: dict[str, torch.Tensor],
-    size: int,
-    env_size: tuple[int, int] = (32, 64),
+    pred_code: torch.Tensor, env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
-    """L1 in log1p space between spheres rendered from the prediction and the targets.
-
-    The predicted env map is area-resampled to ``env_size`` first (the diffuse and matte
-    spheres only see low frequencies; it makes the loss cheap).
-    """
-    pred_env = resample_env(decode_env(pred_code.float()), tuple(env_size))
-    pred = render_spheres(pred_env, size=size)
-    mask = pred["mask"].float()[None, None]
-    denom = mask.sum() * 3.0 * pred_code.shape[0]
-    out = {}
-    for name in ("diffuse", "matte"):
-        diff = (torch.log1p(pred[name]) - torch.log1p(target_spheres[name])).abs() * mask
-        out[name] = diff.sum() / denom
-    return out
-
-
-@torch.no_grad()
-def target_spheres(
-    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int] = (32, 64)
-) -> dict[str, torch.Tensor]:
-    """Diffuse and matte spheres ``[B,3,S,S]`` of target env maps (no gradient)."""
-    spheres = render_spheres(resample_env(env_hdr.float(), tuple(env_size)), size=size)
-    return {"diffuse": spheres["diffuse"], "matte": spheres["matte"]}
+    """L1 in log1p space between the spheres of the prediction and of the target env maps
+    (``render_loss_spheres``; the diffuse and matte spheres only see low frequencies)."""
+    pred = render_loss_spheres(decode_env(pred_code.float()), size, env_size)
+    with torch.no_grad():
+        target = render_loss_spheres(env_hdr, size, env_size)
+    diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
+    # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
+    unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
+    unit_t = F.normalize(target[:, :, 0], dim=1, eps=1e-6)
+    colour = (unit_p - unit_t).abs().sum(1).mean()
+    return {"diffuse": diff[0], "matte": diff[1], "colour": colour}
 
 
 def compute_losses(
@@ -107,12 +108,16 @@ def compute_losses(
     env, colour, log = env_code_loss(code_pred, code_target, cfg.env_log_weight)
     losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
     total = cfg.flat_weight * losses["flat"] + cfg.env_weight * env
-    if cfg.sphere_diffuse_weight > 0 or cfg.sphere_matte_weight > 0:
-        targets = target_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
-        spheres = sphere_losses(code_pred, targets, cfg.sphere_size, cfg.sphere_env_size)
-        losses |= {"sphere_diffuse": spheres["diffuse"], "sphere_matte": spheres["matte"]}
-        total = total + cfg.sphere_diffuse_weight * spheres["diffuse"]
-        total = total + cfg.sphere_matte_weight * spheres["matte"]
+    weights = {
+        "diffuse": cfg.sphere_diffuse_weight,
+        "matte": cfg.sphere_matte_weight,
+        "colour": cfg.sphere_colour_weight,
+    }
+    if any(w > 0 for w in weights.values()):
+        spheres = sphere_losses(code_pred, env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+        for name, weight in weights.items():
+            losses[f"sphere_{name}"] = spheres[name]
+            total = total + weight * spheres[name]
     losses["total"] = total
     return losses
 

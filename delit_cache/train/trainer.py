@@ -256,6 +256,8 @@ class Trainer:
         if len(self.cache) == 0:
             raise DelitError(f"{opts.cache}: the cache holds no finished samples")
         self.train_idx, self.val_idx = self.cache.split(self.cfg.val_fraction, self.cfg.seed)
+        if self.cfg.max_samples > 0:
+            self.train_idx = self.train_idx[: self.cfg.max_samples]
         in_memory = decide_in_memory(self.cache, self.cfg)
         self.train_data = CacheData(self.cache, self.train_idx, in_memory)
         self.val_data = CacheData(self.cache, self.val_idx, in_memory)

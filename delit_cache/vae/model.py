@@ -75,6 +75,8 @@ class WanVAE(nn.Module):
         self.model.requires_grad_(False)
         fold_single_frame(self.model, fast_single_frame)
         self._fast = fast_single_frame
+        self._compiled: dict[str, object] = {}  # "encode"/"decode" -> compiled one-frame fn
+        self._compiled_batch = 0
         super().train(False)
 
     # -- frozen state -------------------------------------------------------------------
@@ -117,6 +119,48 @@ class WanVAE(nn.Module):
         fold_single_frame(self.model, bool(enabled))
         self._fast = bool(enabled)
 
+    def compile_codec(self, batch_size: int, backend: str = "inductor") -> WanVAE:
+        """Run the single-frame encoder and decoder through ``torch.compile`` (inductor).
+
+        Every call then runs in chunks of exactly ``batch_size`` images (a shorter last chunk
+        is padded with zeros and cut off again), so each graph compiles once. Compiling takes
+        minutes on CPU and pays off over thousands of images (``delit encode --compile``).
+        """
+        if not self._fast:
+            raise ValueError("compile_codec needs the single-frame fast path")
+        if batch_size < 1:
+            raise ValueError(f"compile_codec: batch_size must be >= 1, got {batch_size}")
+        from delit_cache.vae import _diffsynth as ds
+
+        model = self.model
+        self._compiled = {
+            "encode": torch.compile(
+                lambda x: ds.encode_one_frame(model, x), dynamic=False, backend=backend
+            ),
+            "decode": torch.compile(
+                lambda z: ds.decode_one_frame(model, z), dynamic=False, backend=backend
+            ),
+        }
+        self._compiled_batch = batch_size
+        return self
+
+    def _one_frame(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``encode_one_frame`` / ``decode_one_frame``, compiled in fixed chunks if asked."""
+        from delit_cache.vae import _diffsynth as ds
+
+        fn = self._compiled.get(name)
+        if fn is None:
+            return getattr(ds, f"{name}_one_frame")(self.model, x)
+        b, n = self._compiled_batch, x.shape[0]
+        outs = []
+        for lo in range(0, n, b):
+            part = x[lo : lo + b]
+            pad = b - part.shape[0]
+            if pad:
+                part = torch.cat([part, part.new_zeros((pad, *part.shape[1:]))])
+            outs.append(fn(part)[: b - pad])
+        return torch.cat(outs)
+
     # -- codec --------------------------------------------------------------------------
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """Latent (h, w) for an image of ``height x width``: ``ceil(H/8), ceil(W/8)``."""
@@ -140,7 +184,7 @@ class WanVAE(nn.Module):
         x = (x * 2.0 - 1.0).unsqueeze(2)
         from delit_cache.vae import _diffsynth as ds
 
-        mu = ds.encode_one_frame(self.model, x) if self._fast else ds.encode_shipped(self.model, x)
+        mu = self._one_frame("encode", x) if self._fast else ds.encode_shipped(self.model, x)
         mu = mu[:, :, 0].float()
         return (mu - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
@@ -158,7 +202,7 @@ class WanVAE(nn.Module):
         z = z.to(device=self.device, dtype=self.dtype).unsqueeze(2)
         from delit_cache.vae import _diffsynth as ds
 
-        out = ds.decode_one_frame(self.model, z) if self._fast else ds.decode_shipped(self.model, z)
+        out = self._one_frame("decode", z) if self._fast else ds.decode_shipped(self.model, z)
         images = (out[:, :, 0].float() + 1.0) * 0.5
         if clamp:
             images = images.clamp(0.0, 1.0)
