@@ -293,6 +293,8 @@ def _row(label: str, model: float, base: float | None, lower_is_better: bool, di
     if base is not None and not (math.isnan(model) or math.isnan(base)):
         better = model < base if lower_is_better else model > base
         mark = "yes" if better else "no"
+    elif base is not None:
+        mark = "-"  # a NaN score (e.g. no detected light in any pair)
     return f"{label:<24} {fmt(model):>10} {fmt(base):>10}  {mark:>6}"
 
 
@@ -340,12 +342,13 @@ def format_table(result: dict[str, Any]) -> str:
 def _reference_rows(ref: dict[str, Any]) -> list[str]:
     """Table rows of the diffusionlight protocol block (published tables' renderer and scores)."""
     m, base = ref["model"], ref["baseline_mean_env"]
-    lines = ["env map, diffusionlight protocol (DiffusionLight/StyleLight spheres, fast_rmse)"]
+    lines = ["env map, diffusionlight protocol (diffuse, matte silver, mirror; published tables)"]
     names = {"si_rmse": ("si-RMSE", 4), "angular_deg": ("angular (deg)", 2), "nrmse": ("nRMSE", 4)}
     for sphere in REF_SPHERES:
         for key, (label, digits) in names.items():
+            short = sphere.replace("matte_", "")  # matte_silver -> silver, to fit the column
             lines.append(
-                _row(f"  {sphere} {label}", m[sphere][key], base[sphere][key], True, digits)
+                _row(f"  {short} {label}", m[sphere][key], base[sphere][key], True, digits)
             )
     lines.append(
         _row("  EnvMapNet light (deg)", m["light_dir_deg"], base["light_dir_deg"], True, 2)
