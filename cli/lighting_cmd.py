@@ -11,15 +11,28 @@ from cli.app import app
 from delit_cache.utils.atomic import write_json
 
 SPHERE_NAMES = ("diffuse", "matte", "mirror")
+REFERENCE_SPHERES = ("diffuse", "matte_silver", "mirror")
+PROTOCOLS = ("delit", "diffusionlight")
 
 
-def _format_table(scores: dict) -> str:
-    lines = [f"{'sphere':<8} {'si-RMSE':>9} {'angular':>9} {'nRMSE':>9}"]
-    for name in SPHERE_NAMES:
+def _format_table(scores: dict, names: tuple[str, ...] = SPHERE_NAMES) -> str:
+    lines = [f"{'sphere':<12} {'si-RMSE':>9} {'angular':>9} {'nRMSE':>9}"]
+    for name in names:
         s = scores[name]
-        lines.append(f"{name:<8} {s['si_rmse']:>9.4f} {s['angular_deg']:>8.2f}° {s['nrmse']:>9.4f}")
-    lines.append(f"light direction error: {scores['light_dir_deg']:.2f}°")
+        lines.append(
+            f"{name:<12} {s['si_rmse']:>9.4f} {s['angular_deg']:>8.2f}° {s['nrmse']:>9.4f}"
+        )
+    if "light_pairs" in scores:
+        lines.append(f"dominant-light error (EnvMapNet, up to 15 lights): {_light(scores)}")
+    else:
+        lines.append(f"light direction error: {scores['light_dir_deg']:.2f}°")
     return "\n".join(lines)
+
+
+def _light(scores: dict) -> str:
+    if scores["light_pairs"] == 0:
+        return "no score (a map has no detected light)"
+    return f"{scores['light_dir_deg']:.2f}°"
 
 
 @app.command("envmetrics")
@@ -29,13 +42,31 @@ def envmetrics(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="also write the scores to this JSON file")
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="delit: delit's own sphere metrics; diffusionlight: the published protocol "
+            "(DiffusionLight/StyleLight's renderer and scores, EnvMapNet's light error)",
+        ),
+    ] = "delit",
 ) -> None:
     """Score PRED against GT with the three-sphere protocol (both resampled to 128x256)."""
-    from delit_cache.evaluate.metrics import sphere_metrics
     from delit_cache.lighting.envmap import load_env
+    from delit_cache.utils.errors import DelitError
 
-    scores = sphere_metrics(load_env(pred), load_env(gt))
-    typer.echo(_format_table(scores))
+    if protocol not in PROTOCOLS:
+        raise DelitError(f"--protocol {protocol}: must be one of {', '.join(PROTOCOLS)}")
+    if protocol == "delit":
+        from delit_cache.evaluate.metrics import sphere_metrics
+
+        scores = sphere_metrics(load_env(pred), load_env(gt))
+        typer.echo(_format_table(scores))
+    else:
+        from delit_cache.lighting.protocol import diffusionlight_metrics
+
+        scores = diffusionlight_metrics(load_env(pred, size=None), load_env(gt, size=None))
+        typer.echo(_format_table(scores, REFERENCE_SPHERES))
     if json_out is not None:
         write_json(json_out, scores)
         typer.echo(f"wrote {json_out}")

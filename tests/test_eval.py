@@ -194,6 +194,27 @@ def test_evaluate_mean_env_baseline_matches_sphere_metrics(samples, tiny_vae):
     assert result["model"]["mirror"]["si_rmse"] > 1e-3  # random heads are not perfect
 
 
+def test_evaluate_reference_protocol_block_matches_diffusionlight_metrics(samples, tiny_vae):
+    """The ``reference_protocol`` block is ``lighting.protocol``'s scores, and the existing
+    blocks keep exactly their keys."""
+    from delit_cache.evaluate.evaluate import evaluate, format_table
+    from delit_cache.lighting.protocol import diffusionlight_metrics
+
+    model, _ = create_model_and_transforms(tiny_vae, create_heads(SMALL, seed=0), image_size=SIZE)
+    mean = samples[1]["env"]
+    result = evaluate(model, samples, mean, image_size=SIZE, batch_size=2)
+    direct = diffusionlight_metrics(
+        mean[None].expand(2, -1, -1, -1), torch.stack([s["env"] for s in samples])
+    )
+    base = result["reference_protocol"]["baseline_mean_env"]
+    for sphere in ("diffuse", "matte_silver", "mirror"):
+        for key in ("si_rmse", "angular_deg", "nrmse"):
+            assert base[sphere][key] == pytest.approx(direct[sphere][key], rel=1e-4, abs=1e-6)
+    assert base["light_pairs"] == direct["light_pairs"]
+    assert set(result["baseline_mean_env"]) == set(DOCUMENTED["baseline_mean_env"])
+    assert "diffusionlight protocol" in format_table(result)
+
+
 def test_evaluate_rejects_no_samples(tiny_vae):
     from delit_cache.evaluate.evaluate import evaluate
 

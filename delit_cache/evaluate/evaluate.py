@@ -31,6 +31,7 @@ from delit_cache.utils.errors import DelitError
 
 SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_METRICS = ("si_rmse", "angular_deg", "nrmse")
+REF_SPHERES = ("diffuse", "matte_silver", "mirror")  # the diffusionlight protocol's spheres
 
 
 class _Means:
@@ -54,6 +55,17 @@ class _Means:
             s: {k: self.mean(f"{prefix}.{s}.{k}") for k in SPHERE_METRICS} for s in SPHERES
         }
         block["light_dir_deg"] = self.mean(f"{prefix}.light_dir_deg")
+        return block
+
+    def reference_block(self, prefix: str) -> dict[str, Any]:
+        """The diffusionlight protocol's means: spheres, EnvMapNet's light error (mean over
+        pairs where both maps have a light) and how many pairs that is."""
+        key = f"{prefix}.ref"
+        block: dict[str, Any] = {
+            s: {k: self.mean(f"{key}.{s}.{k}") for k in SPHERE_METRICS} for s in REF_SPHERES
+        }
+        block["light_dir_deg"] = self.mean(f"{key}.light_dir_deg")
+        block["light_pairs"] = self.counts[f"{key}.light_dir_deg"]
         return block
 
 
@@ -133,6 +145,20 @@ class _EnvScorer:
             for key in SPHERE_METRICS:
                 means.add(f"{prefix}.{sphere}.{key}", errs[f"{sphere}_{key}"].mean(), b)
         means.add(f"{prefix}.light_dir_deg", errs["light_dir_deg"].mean(), b)
+        _score_reference(means, prefix, pred.cpu(), gt.cpu())
+
+
+def _score_reference(means: _Means, prefix: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
+    """The diffusionlight protocol's per-sample scores (``lighting.protocol``, on the CPU)."""
+    from delit_cache.lighting.protocol import diffusionlight_errors
+
+    errs = diffusionlight_errors(pred, gt)
+    for sphere in REF_SPHERES:
+        for key in SPHERE_METRICS:
+            means.add(f"{prefix}.ref.{sphere}.{key}", errs[f"{sphere}_{key}"].mean(), len(gt))
+    for value in errs["light_dir_deg"].tolist():
+        if not math.isnan(value):
+            means.add(f"{prefix}.ref.light_dir_deg", value)
 
 
 @torch.no_grad()
@@ -245,6 +271,10 @@ def _result(means: _Means, n: int, source: str, seconds: float) -> dict[str, Any
             "flat_ssim": means.mean("baseline_input_as_flat.flat_ssim"),
         },
         "baseline_mean_env": means.env_block("baseline_mean_env"),
+        "reference_protocol": {
+            "model": means.reference_block("model"),
+            "baseline_mean_env": means.reference_block("baseline_mean_env"),
+        },
         "mean_env_source": source,
         "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 3) if seconds > 0 else None,
@@ -263,6 +293,8 @@ def _row(label: str, model: float, base: float | None, lower_is_better: bool, di
     if base is not None and not (math.isnan(model) or math.isnan(base)):
         better = model < base if lower_is_better else model > base
         mark = "yes" if better else "no"
+    elif base is not None:
+        mark = "-"  # a NaN score (e.g. no detected light in any pair)
     return f"{label:<24} {fmt(model):>10} {fmt(base):>10}  {mark:>6}"
 
 
@@ -297,12 +329,35 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(row)
     light = _row("  light dir (deg)", m["light_dir_deg"], base_env["light_dir_deg"], True, 2)
     lines.append(light)
+    if "reference_protocol" in result:
+        lines.extend(_reference_rows(result["reference_protocol"]))
     if "evaluated data" in result.get("mean_env_source", ""):
         lines.append(
             "note: no mean_env.exr beside the checkpoint, so the mean-env baseline uses the "
             "mean env map of the evaluated data itself"
         )
     return "\n".join(lines)
+
+
+def _reference_rows(ref: dict[str, Any]) -> list[str]:
+    """Table rows of the diffusionlight protocol block (published tables' renderer and scores)."""
+    m, base = ref["model"], ref["baseline_mean_env"]
+    lines = ["env map, diffusionlight protocol (diffuse, matte silver, mirror; published tables)"]
+    names = {"si_rmse": ("si-RMSE", 4), "angular_deg": ("angular (deg)", 2), "nrmse": ("nRMSE", 4)}
+    for sphere in REF_SPHERES:
+        for key, (label, digits) in names.items():
+            short = sphere.replace("matte_", "")  # matte_silver -> silver, to fit the column
+            lines.append(
+                _row(f"  {short} {label}", m[sphere][key], base[sphere][key], True, digits)
+            )
+    lines.append(
+        _row("  EnvMapNet light (deg)", m["light_dir_deg"], base["light_dir_deg"], True, 2)
+    )
+    lines.append(
+        f"note: EnvMapNet light error over the {m['light_pairs']} (model) / "
+        f"{base['light_pairs']} (baseline) pairs where both maps have a detected light"
+    )
+    return lines
 
 
 def _short_source(result: dict[str, Any]) -> str:
