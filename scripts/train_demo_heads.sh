@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # How the packaged demo heads (delit_cache/assets/demo_heads.safetensors and
-# demo_mean_env.exr) were made: the demo's own data and config, trained longer.
-# About 30 minutes on 2 CPU cores. Usage: scripts/train_demo_heads.sh WORKDIR
+# demo_mean_env.exr) are made: scripts/make_training_data.sh's 5000 portraits (the held-out
+# HDRIs left out), configs/demo-heads.yaml. Usage: scripts/train_demo_heads.sh WORKDIR
+# (WORKDIR may already hold the data; the recipe skips what exists and resumes the cache).
 set -euo pipefail
 work=${1:?usage: $0 WORKDIR}
-assets="$(cd "$(dirname "$0")/.." && pwd)/delit_cache/assets"
-delit synth --out "$work/data/train" --n 320 --size 256 --seed 0 --workers 2
-delit encode --vae demo --data "$work/data/train" --out "$work/cache.zarr" --size 256 --batch-size 8
-delit train-heads --cache "$work/cache.zarr" --out "$work/run" --config demo --steps 1500
-cp "$work/run/heads.safetensors" "$assets/demo_heads.safetensors"
-cp "$work/run/mean_env.exr" "$assets/demo_mean_env.exr"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+"$here/scripts/make_training_data.sh" "$work"
+delit train-heads --cache "$work/train.zarr" --out "$work/final" \
+    --config "$here/configs/demo-heads.yaml"
+cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
+cp "$work/final/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"

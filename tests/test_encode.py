@@ -172,3 +172,31 @@ def test_cli_encode_and_errors(tmp_path, tiny_vae_pth, shards, capsys):
     assert err.startswith("error: ") and "image size" in err and "Traceback" not in err
     assert main([*args[:4], str(tmp_path / "none"), *args[5:]]) == 2
     assert "no such shard file" in capsys.readouterr().err
+
+
+def _half_exr(arr: np.ndarray) -> bytes:
+    """An EXR as a half-float writer makes it: values beyond 65504 become Inf."""
+    import io
+
+    import OpenEXR
+
+    with np.errstate(over="ignore"):
+        chans = {c: np.ascontiguousarray(arr[i]).astype(np.float16) for i, c in enumerate("RGB")}
+    buf = io.BytesIO()
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, chans) as f:
+        f.write(buf)
+    return buf.getvalue()
+
+
+def test_encode_refuses_an_env_map_with_inf(tmp_path, tiny_vae):
+    sample = encode_sample(
+        "sun", torch.rand(3, 40, 40), torch.rand(3, 40, 40), torch.rand(3, 8, 16)
+    )
+    env = np.random.rand(3, 8, 16).astype(np.float32)
+    env[:, 1, 1] = 1.0e6
+    sample["env.exr"] = _half_exr(env)
+    with ShardWriter(tmp_path / "bad", shard_size=4) as w:
+        w.write(sample)
+    with pytest.raises(DelitError, match="sun: env map has NaN or Inf"):
+        _encode(tiny_vae, tmp_path / "bad", tmp_path / "c.zarr")

@@ -129,3 +129,17 @@ def test_make_pipeline_decodes_all(tmp_path):
     _write(tmp_path / "p", 4, 2)
     keys = sorted(s["key"] for s in make_pipeline(tmp_path / "p", shuffle=3, seed=1))
     assert keys == [f"k{i:03d}" for i in range(4)]
+
+
+def test_exr_beyond_half_range_is_stored_in_full_float():
+    from delit_cache.data.shards import decode_exr, encode_exr
+
+    env = torch.rand(3, 8, 16)
+    env[:, 2, 3] = 2.0e5  # a sun brighter than half float's 65504
+    out = decode_exr(encode_exr(env))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, env)
+    small = torch.rand(3, 8, 16)
+    assert len(encode_exr(small)) < len(encode_exr(small * 1.0e5))  # half when it fits
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        encode_exr(torch.full((3, 2, 2), float("inf")))

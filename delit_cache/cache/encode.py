@@ -142,6 +142,8 @@ def _prepare(
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Decode a raw sample and build its variants: (relit, flat [3,S,S] in [0,1], env HDR)."""
     sample = decode_sample(raw)
+    if not torch.isfinite(sample["env"]).all():
+        raise DelitError(f"{raw['__key__']}: env map has NaN or Inf values (run delit data check)")
     env = resample_env(sample["env"].clamp_min(0.0), cache_mod.ENV_SIZE)
     transform = PortraitTransform(size)
     out = []

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
+from delit_cache.data.imageio import HALF_MAX
 from delit_cache.utils.errors import DelitError
 
 REQUIRED_FIELDS = ("relit.png", "flat.png", "env.exr")
@@ -121,11 +122,15 @@ def decode_png(data: bytes, channels: int = 3) -> torch.Tensor:
 
 
 def encode_exr(image: torch.Tensor) -> bytes:
-    """Encode a linear float image [3,H,W] as half-float RGB OpenEXR (ZIP) bytes."""
+    """Encode a linear float image [3,H,W] as RGB OpenEXR (ZIP) bytes: half float, or full
+    float where a value lies beyond half float's range (a sun can: half would store Inf)."""
     arr = image.detach().float().cpu().numpy()
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise ValueError(f"expected [3,H,W], got {tuple(arr.shape)}")
-    chans = {c: np.ascontiguousarray(arr[i]).astype(np.float16) for i, c in enumerate("RGB")}
+    if not np.isfinite(arr).all():
+        raise ValueError("image has NaN or Inf values")
+    dtype = np.float16 if np.abs(arr).max(initial=0.0) <= HALF_MAX else np.float32
+    chans = {c: np.ascontiguousarray(arr[i]).astype(dtype) for i, c in enumerate("RGB")}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     buf = io.BytesIO()
     with OpenEXR.File(header, chans) as f:
