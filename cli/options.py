@@ -7,7 +7,6 @@ parsing by ``accepts_old_spellings``, so they work but stay out of ``--help``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,8 +52,6 @@ ProgressOption = Annotated[
         "--progress/--no-progress", help="Progress bar on stderr (only when it is a terminal)."
     ),
 ]
-SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
-OutFolderOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
 
 
 def _rewrite(args: list[str], spellings: dict[str, str]) -> list[str]:
