@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.infer.delighter import resolve_checkpoint, resolve_device, resolve_dtype
+from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.models import DEFAULT_CONFIG, create_heads, create_model_and_transforms
+from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.machine import device_name
 
 

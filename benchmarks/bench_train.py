@@ -20,7 +20,7 @@ from torch import nn
 from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import compute_losses
-from delit_cache.train.trainer import make_optimizer
+from delit_cache.train.optim import make_optimizer
 from delit_cache.utils.machine import device_name
 
 

@@ -29,8 +29,9 @@ from torch import nn
 
 from delit_cache.data.shards import iter_samples
 from delit_cache.evaluate.evaluate import evaluate
-from delit_cache.infer.delighter import resolve_checkpoint, resolve_device
+from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.models import create_model_and_transforms
+from delit_cache.utils.device import resolve_device
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae

@@ -31,7 +31,7 @@ from delit_cache.evaluate.metrics import flat_psnr_ssim
 from delit_cache.models import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import standardised_flat_loss
-from delit_cache.train.trainer import make_optimizer
+from delit_cache.train.optim import make_optimizer
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import click
 import typer
 
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import NORMAL, QUIET, VERBOSE, configure_logging
 
 app = typer.Typer(
     name="delit",
@@ -22,6 +24,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def log_level(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also log debugging details.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
+    ] = False,
+) -> None:
+    """Delight portraits: a flat-lit image and an HDR environment map in one forward pass."""
+    if verbose and quiet:
+        raise DelitError("-v/--verbose and -q/--quiet exclude each other")
+    configure_logging(VERBOSE if verbose else QUIET if quiet else NORMAL)
+
 
 # Modules that add commands to ``app`` (each one calls ``@app.command`` at import).
 COMMAND_MODULES = (

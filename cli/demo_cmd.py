@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.app import app
+from cli.options import DeviceOption
 
 
 @app.command("demo")
@@ -21,6 +22,7 @@ def demo(
     workers: Annotated[int, typer.Option(help="Synth worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Data seed.")] = 0,
     vae: Annotated[str, typer.Option(help="Codec: 'demo' or a Wan 2.1 VAE path.")] = "demo",
+    device: DeviceOption = "auto",
 ) -> None:
     """Run the whole job on synthetic portraits and write a report (report.html, report.png).
 
@@ -28,8 +30,9 @@ def demo(
     portraits (not for real photos). About 10 minutes on 2 CPU cores.
     """
     from delit_cache.demo import DemoOptions, run_demo
+    from delit_cache.evaluate.evaluate import format_table
 
-    run_demo(
+    metrics = run_demo(
         DemoOptions(
             out=out,
             train_samples=train_samples,
@@ -38,5 +41,7 @@ def demo(
             workers=workers,
             seed=seed,
             vae=vae,
+            device=device,
         )
     )
+    typer.echo(format_table(metrics))

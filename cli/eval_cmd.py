@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from cli.app import app
+from cli.options import (
+    BatchSizeOption,
+    CheckpointOption,
+    DataOption,
+    DeviceOption,
+    DtypeOption,
+    ModelSizeOption,
+    VaeOption,
+)
 from delit_cache.utils.atomic import write_json
-
-CHECKPOINT_HELP = "run folder (RUN/heads.safetensors), heads .safetensors file, or 'demo'"
-VAE_HELP = "Wan 2.1 VAE weights (.pth / .safetensors), or 'demo'"
-DEVICE_HELP = "cpu, cuda, cuda:1, ... or auto (cuda when available)"
 
 
 @app.command("eval")
 def eval_command(
-    checkpoint: str = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
-    vae: str = typer.Option(..., "--vae", help=VAE_HELP),
-    data: list[str] = typer.Option(
-        ..., "--data", help="raw shards: folder, .tar, glob or brace pattern (repeatable)"
-    ),
-    json_path: Path | None = typer.Option(None, "--json", help="also write the result here"),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help="VAE compute dtype: float32|bfloat16"),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="evaluate the first N samples"),
-    size: int | None = typer.Option(
-        None, "--size", help="model size (default: the heads' training size, else 512)"
-    ),
+    checkpoint: CheckpointOption,
+    vae: VaeOption,
+    data: DataOption,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result to this JSON file.")
+    ] = None,
+    batch_size: BatchSizeOption = 4,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Evaluate the first N samples only.")
+    ] = None,
+    size: ModelSizeOption = None,
 ) -> int:
     """Score a checkpoint on raw samples: flat-lit PSNR/SSIM, codec ceiling, three-sphere env
     metrics and light direction, each beside a free baseline."""
@@ -47,7 +52,7 @@ def eval_command(
         image_size=size_used,
         batch_size=batch_size,
         limit=limit,
-        progress=sys.stderr.isatty(),
+        progress=True,
     )
     result.update(
         checkpoint=info["checkpoint"],
@@ -66,16 +71,16 @@ def eval_command(
 
 @app.command("infer")
 def infer_command(
-    inputs: list[Path] = typer.Argument(..., help="photos or folders of photos (recursive)"),
-    checkpoint: str = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
-    vae: str = typer.Option(..., "--vae", help=VAE_HELP),
-    out: Path = typer.Option(..., "--out", help="output folder"),
-    batch_size: int = typer.Option(4, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help="VAE compute dtype: float32|bfloat16"),
-    size: int | None = typer.Option(
-        None, "--size", help="model size (default: the heads' training size, else 512)"
-    ),
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Photos, or folders of photos (searched recursively).")
+    ],
+    checkpoint: CheckpointOption,
+    vae: VaeOption,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    batch_size: BatchSizeOption = 4,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+    size: ModelSizeOption = None,
 ) -> int:
     """Delight photos: writes <stem>_flat.png (input size), <stem>_env.exr (128x256 linear
     HDR) and <stem>_env.png (panorama and three spheres) for each input. Photos are scaled so

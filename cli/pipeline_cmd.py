@@ -3,43 +3,67 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from cli.app import app
+from cli.options import (
+    BatchSizeOption,
+    DataOption,
+    DeviceOption,
+    DtypeOption,
+    ProgressOption,
+    VaeOption,
+    accepts_old_spellings,
+)
+
+ENCODE_OLD_SPELLINGS = {"--batch_size": "--batch-size"}
+TRAIN_OLD_SPELLINGS = {
+    "--data_root": "--cache",
+    "--data-root": "--cache",
+    "--output_dir": "--out",
+    "--output-dir": "--out",
+    "--num_epochs": "--epochs",
+    "--num-epochs": "--epochs",
+    "--batch_size": "--batch-size",
+    "--mixed_precision": "--mixed-precision",
+}
 
 
-@app.command("encode")
+@app.command("encode", cls=accepts_old_spellings(ENCODE_OLD_SPELLINGS))
 def encode_cmd(
-    vae: str = typer.Option(
-        ..., "--vae", help="Wan 2.1 VAE: model folder, .pth/.safetensors, or 'demo'."
-    ),
-    data: list[str] = typer.Option(
-        ..., "--data", help="Shards: folder, .tar file, glob or brace pattern (repeatable)."
-    ),
-    out: Path = typer.Option(
-        ..., "--out", help="Latent cache to create, resume or append to (.zarr)."
-    ),
-    size: int = typer.Option(
-        512, "--size", help="Square model input side in pixels (multiple of 8)."
-    ),
-    batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="Samples per VAE call."),
-    device: str = typer.Option(
-        "cpu", "--device", help="cpu, cuda or cuda:N (cuda = this rank's GPU)."
-    ),
-    dtype: str = typer.Option("float32", "--dtype", help="Encoder precision: float32 or bf16."),
-    augment: int = typer.Option(1, "--augment", help="Variants per sample (1 = originals only)."),
-    seed: int = typer.Option(0, "--seed", help="Augmentation seed."),
-    block_size: int = typer.Option(64, "--block-size", help="Rows per chunk (new stores only)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    compile: bool = typer.Option(
-        False, "--compile", help="torch.compile the encoder (minutes to compile; for big caches)."
-    ),
+    vae: VaeOption,
+    data: DataOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="Latent cache to create, resume or append to (.zarr).")
+    ],
+    size: Annotated[
+        int, typer.Option("--size", help="Square model input side in pixels (multiple of 8).")
+    ] = 512,
+    batch_size: BatchSizeOption = 8,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+    augment: Annotated[
+        int, typer.Option("--augment", help="Variants per sample (1 = originals only).")
+    ] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Augmentation seed.")] = 0,
+    block_size: Annotated[
+        int, typer.Option("--block-size", help="Rows per chunk (new stores only).")
+    ] = 64,
+    progress: ProgressOption = True,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="torch.compile the encoder (minutes to compile; big caches)."
+        ),
+    ] = False,
 ) -> None:
     """Encode relit and flat images of SHARDS with the frozen VAE into a Zarr latent cache.
 
     Resumable (rerun the same command) and appendable (new keys only). Multi-GPU: launch
-    with torchrun --nproc_per_node N -m cli encode ... (ranks split the blocks).
+    with torchrun --nproc_per_node N -m cli encode ... (ranks split the blocks; cuda and auto
+    mean each rank's own GPU).
     """
     from delit_cache.cache.encode import encode_shards
     from delit_cache.train.distributed import dist_info
@@ -55,29 +79,42 @@ def encode_cmd(
         )
 
 
-@app.command("train-heads")
+@app.command("train-heads", cls=accepts_old_spellings(TRAIN_OLD_SPELLINGS))
 def train_heads_cmd(
-    cache: Path = typer.Option(
-        ..., "--cache", "--data_root", "--data-root", help="Latent cache written by delit encode."
-    ),
-    out: Path = typer.Option(..., "--out", "--output_dir", "--output-dir", help="Run folder."),
-    config: str | None = typer.Option(
-        None, "--config", help="Training YAML (path, or a name in configs/, e.g. tiny)."
-    ),
-    steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (overrides epochs)."),
-    epochs: int | None = typer.Option(None, "--epochs", "--num_epochs", "--num-epochs"),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "--batch_size", help="Samples per step and process."
-    ),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
-    seed: int | None = typer.Option(None, "--seed", help="Init, data order and split seed."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/latest.pt."),
-    mixed_precision: str | None = typer.Option(
-        None, "--mixed-precision", "--mixed_precision", help="no or bf16."
-    ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    stop_after_step: int | None = typer.Option(None, "--stop-after-step", hidden=True),
+    cache: Annotated[Path, typer.Option("--cache", help="Latent cache written by delit encode.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")],
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="Training YAML (path, or a name in configs/, e.g. tiny)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Optimiser steps (overrides epochs).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Passes over the training split.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Samples per step and process.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Init, data order and split seed.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from RUN/checkpoints/latest.pt.")
+    ] = False,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="no or bf16.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto, cpu, cuda, cuda:N or mps (default: the config's, auto unless it says "
+            "otherwise; cuda and auto mean each rank's own GPU).",
+        ),
+    ] = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Train the delit heads on a latent cache (no VAE needed); DDP under torchrun."""
     from delit_cache.train.distributed import dist_info
@@ -93,13 +130,7 @@ def train_heads_cmd(
         "device": device,
     }
     opts = RunOptions(
-        cache=cache,
-        out=out,
-        config=config,
-        overrides=overrides,
-        resume=resume,
-        stop_after_step=stop_after_step,
-        progress=progress,
+        cache=cache, out=out, config=config, overrides=overrides, resume=resume, progress=progress
     )
     trainer = train_heads(opts)
     if dist_info().is_main:

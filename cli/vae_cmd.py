@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.app import app
+from cli.options import DeviceOption, DtypeOption, VaeOption
 from delit_cache.utils.errors import DelitError
 
 DEMO_NOTE = (
@@ -84,7 +85,7 @@ def run_vae_check(
     vae_source: str,
     image: Path | None = None,
     out: Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str = "float32",
 ) -> dict:
     """Load the VAE, encode+decode one image, optionally write ``input | reconstruction``.
@@ -161,10 +162,7 @@ def _summary(report: dict) -> list[str]:
 
 @app.command("vae-check")
 def vae_check(
-    vae: Annotated[
-        str,
-        typer.Option("--vae", help="Wan 2.1 VAE: model folder, .pth/.safetensors file, or 'demo'."),
-    ],
+    vae: VaeOption,
     image: Annotated[
         Path | None,
         typer.Option(
@@ -176,16 +174,14 @@ def vae_check(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the input | reconstruction PNG.")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 or bfloat16.")] = "float32",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Load the VAE, encode and decode one image; print a summary, then one JSON line.
 
     The JSON holds vae, fingerprint, params, dtype, device, image_size, latent_shape,
     psnr (dB, pixels in [0,1]), encode_ms and decode_ms (wall time).
     """
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DelitError(f"--device {device!r}: use cpu or cuda")
     report = run_vae_check(vae, image=image, out=out, device=device, dtype=dtype)
     for line in _summary(report):
         typer.echo(line)

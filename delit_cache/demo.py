@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 
 from delit_cache.utils.atomic import write_json
+from delit_cache.utils.device import resolve_device
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,11 @@ class DemoOptions:
     seed: int = 0  # data seed
     examples: int = 4  # held-out samples shown in the report
     vae: str = "demo"  # the codec ("demo", or a Wan 2.1 VAE path)
+    device: str = "auto"  # where to run (see ``delit_cache.utils.device``)
 
 
 def _stage(name: str, t0: float) -> None:
-    print(f"[{time.perf_counter() - t0:6.1f}s] {name}", flush=True)
+    log.info("[%6.1fs] %s", time.perf_counter() - t0, name)
 
 
 def make_data(opts: DemoOptions) -> tuple[Path, Path]:
@@ -82,7 +87,7 @@ def run_demo(opts: DemoOptions) -> dict:
     """Run every stage into ``opts.out``; return the eval metrics (also in metrics.json)."""
     from delit_cache.cache.encode import encode_shards
     from delit_cache.data.shards import iter_samples
-    from delit_cache.evaluate.evaluate import evaluate, format_table
+    from delit_cache.evaluate.evaluate import evaluate
     from delit_cache.evaluate.report import write_report
     from delit_cache.infer.delighter import load_vae_and_model
     from delit_cache.synth.environments import HELDOUT_HDRIS
@@ -96,21 +101,21 @@ def run_demo(opts: DemoOptions) -> dict:
         raise DelitError(f"{opts.out}: holds a finished demo run already (pass a new --out)")
     t0 = time.perf_counter()
     torch.manual_seed(opts.seed)
-    vae = load_wan_vae(opts.vae)  # a bad --vae fails before any work is done
+    device = resolve_device(opts.device)
+    vae = load_wan_vae(opts.vae, device=device)  # a bad --vae fails before any work is done
     _stage("synth: training and held-out portraits", t0)
     train_dir, val_dir = make_data(opts)
     _stage("encode: training portraits -> latent cache", t0)
     cache = opts.out / "cache.zarr"
     encode_shards(opts.vae, train_dir, cache, size=opts.size, batch_size=8, vae=vae)
     _stage("train-heads: from the cache, no VAE", t0)
-    overrides = {"steps": opts.steps} if opts.steps else None
+    overrides = {"steps": opts.steps or None, "device": str(device)}
     train_heads(RunOptions(cache=cache, out=run, config=opts.config, overrides=overrides))
     _stage("eval: held-out portraits, decoded with the codec", t0)
-    model, _, mean_env, _ = load_vae_and_model(run, vae, size=opts.size)
+    model, _, mean_env, _ = load_vae_and_model(run, vae, device=device, size=opts.size)
     metrics = evaluate(model, iter_samples(val_dir), mean_env, image_size=opts.size, progress=True)
     metrics["demo"] = {k: str(v) for k, v in asdict(opts).items()}
     write_json(opts.out / "metrics.json", metrics)
-    print(format_table(metrics))
     _stage("report", t0)
     samples = [s for _, s in zip(range(opts.examples), iter_samples(val_dir), strict=False)]
     notes = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from delit_cache.models import DelitConfig, create_heads
+from delit_cache.models import DelitConfig, DelitHeads, create_heads
 from delit_cache.models.pretrained import heads_metadata, load_heads, save_heads
 from delit_cache.utils.errors import DelitError
 
@@ -68,3 +68,47 @@ def test_refuses_weights_that_do_not_match_config(tmp_path):
     save_file(tensors, path, metadata=meta)
     with pytest.raises(DelitError, match="do not match their config"):
         load_heads(path)
+
+
+def test_save_pretrained_folder_round_trip(tmp_path):
+    heads = create_heads(SMALL, seed=3)
+    heads.set_latent_stats(torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16))
+    folder = heads.save_pretrained(tmp_path / "heads", extra={"step": 5})
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "delit-heads" and DelitConfig.from_dict(config["config"]) == SMALL
+    latent = torch.randn(1, 16, 8, 8)
+    for source in (folder, folder / "model.safetensors"):  # the folder, or its weights file
+        loaded = DelitHeads.from_pretrained(source)
+        assert torch.equal(loaded.latent_mean, heads.latent_mean)  # stats inside the weights
+        assert torch.equal(loaded(latent)["env_code"], heads(latent)["env_code"])
+        assert heads_metadata(source) == {"step": 5}
+
+
+def test_from_pretrained_reads_single_files_and_run_folders(tmp_path):
+    heads = create_heads(SMALL, seed=1)
+    save_heads(heads, tmp_path / "run" / "heads.safetensors", extra={"step": 2})
+    latent = torch.randn(1, 16, 8, 8)
+    for source in (tmp_path / "run", tmp_path / "run" / "heads.safetensors"):
+        loaded = DelitHeads.from_pretrained(source)
+        assert torch.equal(loaded(latent)["flat_latent"], heads(latent)["flat_latent"])
+
+
+def test_save_pretrained_folder_refusals(tmp_path):
+    folder = create_heads(SMALL, seed=0).save_pretrained(tmp_path / "h")
+    (folder / "config.json").unlink()
+    with pytest.raises(DelitError, match=r"model\.safetensors without config\.json"):
+        DelitHeads.from_pretrained(folder)
+    folder = create_heads(SMALL, seed=0).save_pretrained(tmp_path / "mismatch")
+    config = json.loads((folder / "config.json").read_text())
+    config["config"]["extractor_width"] = 64  # the weights were saved at width 32
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DelitError, match="do not match their config") as err:
+        DelitHeads.from_pretrained(folder)
+    assert "\n" not in str(err.value)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(DelitError, match="not readable JSON"):
+        DelitHeads.from_pretrained(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DelitError, match=r"run folder without heads\.safetensors"):
+        DelitHeads.from_pretrained(tmp_path / "empty")

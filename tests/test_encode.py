@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from delit_cache.cache import store as cm
-from delit_cache.cache.encode import EncodeInterrupted, encode_shards, shard_keys
+from delit_cache.cache.encode import encode_shards, shard_keys
 from delit_cache.data.augment import augment_sample, draw_params
 from delit_cache.data.shards import ShardWriter, encode_sample, iter_samples
 from delit_cache.lighting.envmap import resample_env
 from delit_cache.models.transform import PortraitTransform
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.faults import FAULT_ENV, InjectedFault
 
 SIZE = 32
 
@@ -64,12 +65,14 @@ def test_encode_matches_vae_and_resampled_env(tmp_path, tiny_vae, shards):
     torch.testing.assert_close(item["env"], resample_env(sample["env"], (128, 256)))
 
 
-def test_resume_after_interruption_gives_the_same_store(tmp_path, tiny_vae, shards):
+def test_resume_after_interruption_gives_the_same_store(tmp_path, tiny_vae, shards, monkeypatch):
     ref = tmp_path / "ref.zarr"
     _encode(tiny_vae, shards, ref)
     out = tmp_path / "c.zarr"
-    with pytest.raises(EncodeInterrupted):
-        _encode(tiny_vae, shards, out, stop_after_blocks=1)
+    monkeypatch.setenv(FAULT_ENV, "encode.block:1:raise")
+    with pytest.raises(InjectedFault):
+        _encode(tiny_vae, shards, out)
+    monkeypatch.delenv(FAULT_ENV)
     assert len(cm.LatentCache(out)) == 2  # only the finished block counts
     # a block whose arrays were written but whose done flag was not: garbage, not counted
     import zarr

@@ -277,15 +277,17 @@ def test_demo_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
         inference.resolve_checkpoint("demo")
 
 
-def test_vae_fingerprint_mismatch_warns_in_one_line(tmp_path, tiny_vae, capsys):
+def test_vae_fingerprint_mismatch_warns_in_one_line(tmp_path, tiny_vae, caplog):
     from delit_cache.infer.delighter import load_vae_and_model
 
     path = tmp_path / "heads.safetensors"
     save_heads(create_heads(SMALL, seed=0), path, extra={"vae_fingerprint": "0123456789abcdef"})
     *_, info = load_vae_and_model(path, tiny_vae, "cpu")
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: ") and "0123456789abcdef" in err[0]
-    assert info["vae_warning"] == err[0]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("delit")]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith("warning: ") and "0123456789abcdef" in warnings[0]
+    assert info["vae_warning"] == warnings[0]
+    caplog.clear()
     save_heads(create_heads(SMALL, seed=0), path, extra={"vae_fingerprint": tiny_vae.fingerprint})
     load_vae_and_model(path, tiny_vae, "cpu")
-    assert capsys.readouterr().err == ""
+    assert not [r for r in caplog.records if r.name.startswith("delit")]

@@ -167,3 +167,30 @@ def test_to_image_tensor_layouts():
     assert to_image_tensor(torch.rand(5, 7, 3)).shape == (3, 5, 7)
     with pytest.raises(TypeError):
         to_image_tensor("not an image")
+
+
+def test_infer_checkpoint_takes_every_heads_form(inputs, heads_file, tiny_vae_pth, tmp_path):
+    """--checkpoint: a save_pretrained folder, a heads file and a run folder give one result."""
+    from delit_cache.models.pretrained import load_heads
+
+    folder = load_heads(heads_file).save_pretrained(tmp_path / "pretrained", {"image_size": SIZE})
+    flats = []
+    for i, source in enumerate((folder, heads_file, heads_file.parent)):
+        out = tmp_path / f"out{i}"
+        args = ["infer", str(inputs / "wide.png"), "--checkpoint", str(source)]
+        assert main([*args, "--vae", str(tiny_vae_pth), "--out", str(out), "--device", "cpu"]) == 0
+        flats.append(np.asarray(Image.open(out / "wide_flat.png")))
+    assert all(np.array_equal(flats[0], f) for f in flats[1:])
+
+
+def test_infer_checkpoint_folder_without_config_is_one_error_line(
+    inputs, heads_file, tiny_vae_pth, tmp_path, capsys
+):
+    from delit_cache.models.pretrained import load_heads
+
+    folder = load_heads(heads_file).save_pretrained(tmp_path / "pretrained")
+    (folder / "config.json").unlink()
+    args = ["infer", str(inputs / "wide.png"), "--checkpoint", str(folder)]
+    code = main([*args, "--vae", str(tiny_vae_pth), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "without config.json" in err[0]

@@ -13,9 +13,11 @@ import yaml
 
 from delit_cache.cache import store as cm
 from delit_cache.models.pretrained import heads_metadata, load_heads
+from delit_cache.train.batches import Schedule, epoch_order
 from delit_cache.train.config import TrainConfig, load_config, resolve_config_path
-from delit_cache.train.trainer import Schedule, epoch_order, lr_lambda
+from delit_cache.train.optim import lr_lambda
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.faults import FAULT_ENV
 
 SPEC = cm.CacheSpec(vae_fingerprint="feedbeef", vae_dim=8, image_size=32, encode_dtype="float32")
 
@@ -153,7 +155,7 @@ def _train_cmd(cache_path, run, config, *extra):
 
 def test_resume_after_sigkill_is_exact(tmp_path, cache_path):
     config = write_config(
-        tmp_path / "c.yaml", batch_size=2, ckpt_every=2, val_fraction=0.25, val_every=3,
+        tmp_path / "c.yaml", batch_size=2, ckpt_every=3, val_fraction=0.25, val_every=3,
         schedule="cosine", warmup_steps=2,
     )  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -161,7 +163,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, cache_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     done = subprocess.run(_train_cmd(cache_path, full, config), **run_kw)
     assert done.returncode == 0, done.stderr[-2000:]
-    killed = subprocess.run(_train_cmd(cache_path, cut, config, "--stop-after-step", "3"), **run_kw)
+    kill_at_3 = run_kw | {"env": env | {FAULT_ENV: "train.step:3:kill"}}
+    killed = subprocess.run(_train_cmd(cache_path, cut, config), **kill_at_3)
     assert killed.returncode == -9  # SIGKILL after the step-3 checkpoint
     assert not (cut / "heads.safetensors").exists()
     state = torch.load(cut / "checkpoints" / "latest.pt", weights_only=True)

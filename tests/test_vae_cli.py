@@ -137,9 +137,9 @@ def test_vae_check_unreadable_image(tiny_vae_pth, tmp_path, capsys):
 
 def test_vae_check_bad_dtype_and_device(tiny_vae_pth, capsys):
     assert main(["vae-check", "--vae", str(tiny_vae_pth), "--dtype", "float16"]) == 2
-    assert "float32 or bfloat16" in capsys.readouterr().err
+    assert "expected one of float32, bfloat16" in capsys.readouterr().err
     assert main(["vae-check", "--vae", str(tiny_vae_pth), "--device", "tpu"]) == 2
-    assert "use cpu or cuda" in capsys.readouterr().err
+    assert "expected auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err
 
 
 def test_packaged_demo_codec_reconstructs_held_out_portraits(capsys):

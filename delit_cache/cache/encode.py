@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from delit_cache.cache import store as cache_mod
 from delit_cache.data.augment import augment_sample
@@ -41,16 +40,13 @@ from delit_cache.train.distributed import (
     cleanup,
     dist_info,
     init_distributed,
-    resolve_rank_device,
 )
+from delit_cache.utils.device import dtype_name, resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.faults import fault_point
+from delit_cache.utils.logs import progress_bar
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
-
-
-class EncodeInterrupted(RuntimeError):
-    """Raised by the test hook ``stop_after_blocks`` to simulate a crash."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,6 @@ class EncodeOptions:
     batch_size: int  # images per VAE call (relit and flat together: 2x this)
     seed: int  # augmentation seed
     progress: bool  # show a progress bar on rank 0
-    stop_after_blocks: int | None = None  # test hook: raise EncodeInterrupted after n blocks
 
 
 @dataclass
@@ -137,7 +132,7 @@ def _collective_plan(
     return planned, skipped
 
 
-def _prepare(
+def _sample_variants(
     raw: dict, variants: list[int], size: int, seed: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Decode a raw sample and build its variants: (relit, flat [3,S,S] in [0,1], env HDR)."""
@@ -174,7 +169,7 @@ def iter_block_inputs(
             targets = per_key.pop(raw["__key__"], None)
             if not targets:
                 continue
-            made = _prepare(raw, [v for _, _, v in targets], size, seed)
+            made = _sample_variants(raw, [v for _, _, v in targets], size, seed)
             for (b, slot, _), item in zip(targets, made, strict=True):
                 buffers[b][slot] = item
                 filled[b] += 1
@@ -210,23 +205,19 @@ def _encode_blocks(
 ) -> int:
     """Encode and write ``blocks``; return the rows written."""
     total = sum(len(cache_mod.block_rows(group, b)) for b in blocks)
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         unit="sample",
         desc=f"encode rank {info.rank}" if info.enabled else "encode",
-        disable=not (opts.progress and info.is_main),
-        dynamic_ncols=True,
+        enabled=opts.progress and info.is_main,
     )
     written = 0
-    stop = opts.stop_after_blocks
     inputs = iter_block_inputs(group, blocks, opts.size, opts.seed)
     for n_done, (block, items) in enumerate(inputs, start=1):
         cache_mod.write_block(group, block, encode_block(vae, items, opts.batch_size))
         written += len(items)
         bar.update(len(items))
-        if stop is not None and n_done >= stop:
-            bar.close()
-            raise EncodeInterrupted(f"stopped after {n_done} blocks (test hook)")
+        fault_point("encode.block", n_done)
     bar.close()
     return written
 
@@ -237,13 +228,12 @@ def encode_shards(
     out: str | Path,
     size: int = 512,
     batch_size: int = 8,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str = "float32",
     augment: int = 1,
     seed: int = 0,
     block_size: int = 64,
     progress: bool = True,
-    stop_after_blocks: int | None = None,
     vae=None,
     compile: bool = False,
 ) -> EncodeSummary:
@@ -259,8 +249,7 @@ def encode_shards(
         raise DelitError(f"--size {size}: must be a positive multiple of 8")
     if batch_size < 1 or augment < 1:
         raise DelitError("--batch-size and --augment must be >= 1")
-    if dtype.lower() not in DTYPE_NAMES:
-        raise DelitError(f"--dtype {dtype}: use float32 or bf16")
+    encode_dtype = resolve_dtype(dtype)
     out = Path(out)
     info = dist_info()
     init_distributed(info, backend="gloo")
@@ -269,22 +258,22 @@ def encode_shards(
         if vae is None:
             from delit_cache.vae import load_wan_vae
 
-            dev = resolve_rank_device(device, info)
-            vae = load_wan_vae(vae_source, dev, DTYPE_NAMES[dtype.lower()])
+            dev = resolve_device(device, info.local_rank if info.enabled else None)
+            vae = load_wan_vae(vae_source, dev, encode_dtype)
         if compile:
             vae.compile_codec(2 * batch_size)  # relit and flat images go in together
         spec = cache_mod.CacheSpec(
             vae_fingerprint=vae.fingerprint,
             vae_dim=int(vae.dim),
             image_size=size,
-            encode_dtype=DTYPE_NAMES[dtype.lower()],
+            encode_dtype=dtype_name(encode_dtype),
             augment=augment,
             augment_seed=seed,
             z_dim=int(vae.z_dim),
         )
         planned, skipped = _collective_plan(info, out, spec, block_size, shard_list)
         barrier()
-        opts = EncodeOptions(size, batch_size, seed, progress, stop_after_blocks)
+        opts = EncodeOptions(size, batch_size, seed, progress)
         return _run_encode(out, vae, info, planned, skipped, opts)
     finally:
         cleanup()

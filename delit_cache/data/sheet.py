@@ -19,7 +19,7 @@ from delit_cache.utils.errors import DelitError
 WHITE_POINT = 4.0
 
 
-def tonemap(env: torch.Tensor, white: float = WHITE_POINT) -> torch.Tensor:
+def reinhard_display(env: torch.Tensor, white: float = WHITE_POINT) -> torch.Tensor:
     """Linear HDR ``[3,h,w]`` -> display ``[3,h,w]`` in [0,1] (extended Reinhard + sRGB)."""
     x = env.clamp_min(0)
     y = x * (1 + x / (white * white)) / (1 + x)
@@ -33,7 +33,7 @@ def sheet_row(sample: dict[str, Any], height: int) -> torch.Tensor:
         return F.interpolate(x[None], size=(height, w), mode="bilinear", antialias=True)[0]
 
     tiles = [fit(sample["relit"], height), fit(sample["flat"], height)]
-    tiles.append(fit(tonemap(sample["env"]), 2 * height))
+    tiles.append(fit(reinhard_display(sample["env"]), 2 * height))
     if sample.get("normal") is not None:
         tiles.append(fit(sample["normal"] * 0.5 + 0.5, height))
     gap = torch.ones(3, height, 4)

@@ -28,6 +28,7 @@ import torch
 from delit_cache.lighting.envmap import ENV_SIZE, resample_env
 from delit_cache.models import DelitModel, Placement, PortraitTransform
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import progress_bar
 
 SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_METRICS = ("si_rmse", "angular_deg", "nrmse")
@@ -69,7 +70,9 @@ class _Means:
         return block
 
 
-def _batches(samples: Iterable[dict], batch_size: int, limit: int | None) -> Iterator[list[dict]]:
+def _sample_batches(
+    samples: Iterable[dict], batch_size: int, limit: int | None
+) -> Iterator[list[dict]]:
     batch: list[dict] = []
     for i, sample in enumerate(samples):
         if limit is not None and i >= limit:
@@ -88,7 +91,7 @@ def _crop(image: torch.Tensor, placement: Placement) -> torch.Tensor:
     return image[:, top : top + h, left : left + w]
 
 
-def _prepare(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
+def _model_inputs(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
     """Model-size relit/flat squares, their placement and the 128x256 true env of one sample."""
     for name in ("relit", "flat", "env"):
         if name not in sample:
@@ -170,7 +173,7 @@ def _eval_batch(
     scorer: _EnvScorer,
 ) -> list[torch.Tensor]:
     """Score one batch into ``means``; return the batch's true env maps (CPU, [3,128,256])."""
-    prepared = [_prepare(s, transform) for s in batch]
+    prepared = [_model_inputs(s, transform) for s in batch]
     device = scorer.device
     relit = torch.stack([p["relit"] for p in prepared]).to(device)
     flat = torch.stack([p["flat"] for p in prepared]).to(device)
@@ -217,7 +220,6 @@ def evaluate(
 
     PSNR in dB, SSIM in [-1, 1], angles in degrees. Raises ``DelitError`` for no samples.
     """
-    from tqdm import tqdm
 
     if batch_size < 1:
         raise DelitError(f"--batch-size {batch_size}: must be >= 1")
@@ -229,8 +231,8 @@ def evaluate(
         scorer.set_baseline(mean_env)
     gt_envs: list[torch.Tensor] = []
     start = time.perf_counter()
-    bar = tqdm(total=limit, unit="img", disable=not progress)
-    for batch in _batches(samples, batch_size, limit):
+    bar = progress_bar(total=limit, unit="img", enabled=progress)
+    for batch in _sample_batches(samples, batch_size, limit):
         envs = _eval_batch(model, transform, batch, means, scorer)
         gt_envs.extend(envs if mean_env is None else [torch.empty(0)] * len(envs))
         bar.update(len(batch))

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from delit_cache.lighting.envmap import (
     ENV_SIZE,
-    _batched,
+    as_env_batch,
     direction_grid,
     resample_env,
     solid_angles,
@@ -120,7 +120,7 @@ def brightest_direction(env: torch.Tensor) -> torch.Tensor:
     picks the light; the direction is then the solid-angle-weighted luminance centroid of
     the pixels within 10 degrees of that argmax (sub-pixel, robust to a flat-topped sun).
     """
-    x, _ = _batched(env)
+    x, _ = as_env_batch(env)
     x = resample_env(x.float(), ENV_SIZE)
     h, w = x.shape[-2:]
     blurred, lum = _blur_lum(x)
@@ -145,7 +145,7 @@ def protocol_tonemap(env: torch.Tensor) -> torch.Tensor:
 
     ``[B,3,h,w]`` -> same shape; per image, all channels pooled; not clipped.
     """
-    x, _ = _batched(env)
+    x, _ = as_env_batch(env)
     power = x.float().clamp_min(0.0) ** (1.0 / 2.4)
     scales = []
     for img in power:
@@ -164,8 +164,8 @@ def sphere_errors(
     ``tonemap=False``) and rendered with ``render_spheres`` at 128 px. Differentiable in
     ``pred_env`` (except ``light_dir_deg``, which always uses the linear maps).
     """
-    p, _ = _batched(pred_env)
-    g, _ = _batched(gt_env)
+    p, _ = as_env_batch(pred_env)
+    g, _ = as_env_batch(gt_env)
     if p.shape[0] != g.shape[0]:
         raise ValueError(f"batch sizes differ: {p.shape[0]} vs {g.shape[0]}")
     p_in, g_in = resample_env(p.float(), ENV_SIZE), resample_env(g.float(), ENV_SIZE)

@@ -26,15 +26,18 @@ from delit_cache.models import (
     PortraitTransform,
     create_model_and_transforms,
 )
-from delit_cache.models.pretrained import HEADS_FILENAME, heads_metadata, load_heads
+from delit_cache.models.pretrained import heads_metadata, heads_weights_path, load_heads
+from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger, progress_bar
+
+log = get_logger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 MEAN_ENV_FILENAME = "mean_env.exr"
 DEMO_HEADS = "demo_heads.safetensors"
 DEMO_MEAN_ENV = "demo_mean_env.exr"
 DEFAULT_SIZE = 512
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
@@ -57,22 +60,19 @@ def _checkpoint_files(spec: str | Path) -> tuple[Path, Path | None]:
             )
         return heads, mean_env if mean_env.is_file() else None
     path = Path(spec)
-    if path.is_dir():
-        heads = path / HEADS_FILENAME
-        if not heads.is_file():
-            raise DelitError(f"{path}: run folder without {HEADS_FILENAME}")
-    elif path.is_file():
-        heads = path
-    else:
+    if not path.exists():
         raise DelitError(
-            f"{path}: no such checkpoint (expected a run folder, a heads file or 'demo')"
+            f"{path}: no such checkpoint (expected a save_pretrained folder, a heads file, "
+            "a run folder or 'demo')"
         )
+    heads = heads_weights_path(path)
     mean_env = heads.parent / MEAN_ENV_FILENAME
     return heads, mean_env if mean_env.is_file() else None
 
 
 def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | None, dict]:
-    """Load the heads named by ``spec``: a run folder, a heads file, or ``"demo"``.
+    """Load the heads named by ``spec``: a save_pretrained folder, a heads file, a run folder,
+    or ``"demo"``.
 
     Returns ``(heads, mean_env, info)``: ``mean_env`` is the training split's mean env map
     ``[3,128,256]`` linear HDR read from ``mean_env.exr`` beside the heads, or None when there
@@ -150,35 +150,13 @@ def load_vae_and_model(
         vae = load_wan_vae(vae, device=device, dtype=resolve_dtype(dtype))
     message = vae_mismatch_warning(info, vae)
     if message and warn:
-        print(message, file=sys.stderr)
+        log.warning(message)
     info["vae_warning"] = message
     info["vae_fingerprint_given"] = getattr(vae, "fingerprint", None)
     image_size = model_size(info, size)
     info["model_size"] = image_size
     model, transform = create_model_and_transforms(vae, heads, image_size=image_size, device=device)
     return model, transform, mean_env, info
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> cuda when available else cpu; anything else is checked."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise DelitError(f"--device {device}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DelitError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float32"``/``"bfloat16"`` (or one of those torch dtypes) -> torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype not in DTYPES:
-        raise DelitError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,8 +315,9 @@ class Delighter:
         size: int | None = None,
         batch_size: int = 4,
     ) -> Delighter:
-        """Checkpoint (run folder, heads file or ``"demo"``) and VAE (path, ``"demo"`` or a
-        loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the VAE's compute dtype."""
+        """Checkpoint (save_pretrained folder, heads file, run folder or ``"demo"``) and VAE
+        (path, ``"demo"`` or a loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the
+        VAE's compute dtype."""
         dev = resolve_device(device)
         model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size)
         return cls(model, transform, dev, batch_size, info)
@@ -378,19 +357,17 @@ class Delighter:
         HDR) and ``<name>_env.png`` (panorama and three spheres) atomically. An unreadable
         photo is reported in one line on stderr and skipped; see ``RunSummary``.
         """
-        from tqdm import tqdm
-
         paths, problems = collect_inputs(inputs)
         summary = RunSummary(failed=list(problems))
         for line in problems:
-            tqdm.write(f"error: {line}", file=sys.stderr)
+            log.error("error: %s", line)
         if not paths:
             return summary
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         names = output_names(paths)
-        bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
-        for batch in _batches(paths, self.batch_size):
+        bar = progress_bar(total=len(paths), unit="img", enabled=progress)
+        for batch in _path_batches(paths, self.batch_size):
             loaded = self._load_batch(batch, summary, bar)
             if loaded:
                 results = self.predict([im for _, im in loaded])
@@ -413,7 +390,7 @@ class Delighter:
         return loaded
 
 
-def _batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+def _path_batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

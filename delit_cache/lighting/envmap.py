@@ -115,7 +115,7 @@ def resample_matrices(
     return torch.from_numpy(rows).float(), torch.from_numpy(cols).float()
 
 
-def _batched(env: torch.Tensor, name: str = "env") -> tuple[torch.Tensor, bool]:
+def as_env_batch(env: torch.Tensor, name: str = "env") -> tuple[torch.Tensor, bool]:
     """``[3,h,w]`` or ``[B,3,h,w]`` -> (``[B,3,h,w]``, was_unbatched); raises ValueError."""
     if env.dim() == 3:
         env = env.unsqueeze(0)
@@ -137,7 +137,7 @@ def resample_env(env: torch.Tensor, size: tuple[int, int] = ENV_SIZE) -> torch.T
     Small bright sources are spread, never skipped: energy is kept to float precision.
     Differentiable; returns the rank it was given.
     """
-    x, squeeze = _batched(env)
+    x, squeeze = as_env_batch(env)
     if tuple(x.shape[-2:]) == tuple(size):
         return env
     a_rows, a_cols = resample_matrices(tuple(x.shape[-2:]), size)
@@ -154,7 +154,7 @@ def rotate_env(env: torch.Tensor, degrees: float) -> torch.Tensor:
     by ``degrees/360*w`` pixels. Whole-pixel shifts are an exact roll; the fractional part is
     linear interpolation between neighbouring columns (energy-preserving, slightly blurring).
     """
-    x, squeeze = _batched(env)
+    x, squeeze = as_env_batch(env)
     w = x.shape[-1]
     shift = (float(degrees) / 360.0 * w) % w
     whole = math.floor(shift)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from delit_cache.data.imageio import linear_to_srgb
-from delit_cache.lighting.envmap import ENV_SIZE, _batched, resample_env
+from delit_cache.lighting.envmap import ENV_SIZE, as_env_batch, resample_env
 from delit_cache.lighting.render import render_spheres
 
 PANO_KEY = 0.18
@@ -30,7 +30,9 @@ def _luminance(x: torch.Tensor) -> torch.Tensor:
     return 0.2126 * x[0] + 0.7152 * x[1] + 0.0722 * x[2]
 
 
-def tonemap(x: torch.Tensor, key: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def tonemap_median_key(
+    x: torch.Tensor, key: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Linear ``[3,H,W]`` -> display ``[3,H,W]`` in [0,1]: median luminance -> ``key``, clip, sRGB."""
     lum = _luminance(x)
     vals = lum[mask] if mask is not None else lum.flatten()
@@ -42,16 +44,16 @@ def tonemap(x: torch.Tensor, key: float, mask: torch.Tensor | None = None) -> to
 
 def env_figure(env_hdr: torch.Tensor) -> np.ndarray:
     """Env map ``[3,h,w]`` (or ``[1,3,h,w]``) linear radiance -> figure ``uint8 [256, W, 3]``."""
-    x, _ = _batched(env_hdr)
+    x, _ = as_env_batch(env_hdr)
     env = resample_env(x[0].detach().float().cpu(), ENV_SIZE)
-    pano = tonemap(env, PANO_KEY)
+    pano = tonemap_median_key(env, PANO_KEY)
     pano = pano.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # 256 x 512
     with torch.no_grad():
         spheres = render_spheres(env, size=PANEL)
     mask = spheres["mask"]
     panels = [pano]
     for name, key in (("diffuse", SPHERE_KEY), ("matte", SPHERE_KEY), ("mirror", PANO_KEY)):
-        img = tonemap(spheres[name][0], key, mask)
+        img = tonemap_median_key(spheres[name][0], key, mask)
         panels.append(torch.where(mask[None], img, torch.full_like(img, BACKGROUND)))
     gap = torch.full((3, PANEL, GAP), BACKGROUND)
     parts = [p for panel in panels for p in (panel, gap)][:-1]

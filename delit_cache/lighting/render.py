@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from delit_cache.lighting.envmap import (
     ENV_SIZE,
-    _batched,
+    as_env_batch,
     direction_grid,
     direction_to_uv,
     resample_env,
@@ -75,7 +75,7 @@ class PreparedEnv:
 
 def prepare_env(env: torch.Tensor) -> PreparedEnv:
     """Split an env map ``[B,3,h,w]`` / ``[3,h,w]`` for fast shading (see module docstring)."""
-    x, _ = _batched(env)
+    x, _ = as_env_batch(env)
     x = x.float()
     h, w = x.shape[-2:]
     if h * w > ENV_SIZE[0] * ENV_SIZE[1]:
@@ -298,7 +298,7 @@ def specular_shading(
 def mirror_lookup(env: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Env radiance in ``directions [B,3,H,W]`` / ``[3,H,W]`` (bilinear in the full-res map,
     azimuth wraps, rows clamp at the poles) -> ``[B,3,H,W]``."""
-    x, _ = _batched(env)
+    x, _ = as_env_batch(env)
     d = _dirs4(directions, "directions").to(x.device)
     b = _batch_size(x.shape[0], d.shape[0])
     return _lookup(_expand(x.float(), b), _expand(d, b), pole_rows=False)
@@ -396,7 +396,7 @@ def reference_diffuse_shading(
 
     Same shapes as ``diffuse_shading``; for tests and checks only (O(pixels x env pixels)).
     """
-    x, _ = _batched(env)
+    x, _ = as_env_batch(env)
     x = x.double()
     n = _dirs4(normals, "normals").double()
     b = _batch_size(x.shape[0], n.shape[0])

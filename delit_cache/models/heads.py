@@ -71,6 +71,19 @@ class DelitHeads(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def save_pretrained(self, folder, extra: dict | None = None):
+        """Write ``folder/config.json`` and ``folder/model.safetensors`` (see ``pretrained``)."""
+        from delit_cache.models.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, extra)
+
+    @classmethod
+    def from_pretrained(cls, source, map_location: str = "cpu") -> DelitHeads:
+        """Heads from a save_pretrained folder, a heads ``.safetensors`` file or a run folder."""
+        from delit_cache.models.pretrained import load_heads
+
+        return load_heads(source, map_location)
+
 
 def create_heads(cfg: DelitConfig = DEFAULT_CONFIG, seed: int | None = None) -> DelitHeads:
     """Build the heads; with ``seed`` the initial weights are reproducible."""

@@ -1,7 +1,12 @@
-"""Heads checkpoints: safetensors holding only the heads plus their constructor arguments.
+"""Heads files: only the heads (weights and latent statistics) plus their constructor arguments.
 
-The file's metadata carries ``format`` (``delit-heads``), the delit version and the
-``DelitConfig`` as JSON, so ``load_heads(path)`` rebuilds the model from the file alone.
+Three forms load (``load_heads``, ``DelitHeads.from_pretrained``):
+
+- a folder written by ``save_pretrained``: ``config.json`` (format, version, ``DelitConfig``,
+  training facts) and ``model.safetensors``, as diffusers and huggingface_hub lay them out;
+- a single ``.safetensors`` file whose metadata carries the same (``save_heads``);
+- a run folder of ``delit train-heads`` (its ``heads.safetensors``).
+
 The frozen VAE is never written: a file that holds VAE weights is refused on load.
 """
 
@@ -16,11 +21,13 @@ from safetensors.torch import load_file, save_file
 from delit_cache import __version__
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import DelitHeads
-from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.atomic import atomic_path, write_json
 from delit_cache.utils.errors import DelitError
 
 FORMAT = "delit-heads"
-HEADS_FILENAME = "heads.safetensors"
+HEADS_FILENAME = "heads.safetensors"  # the single file in a run folder
+CONFIG_NAME = "config.json"  # save_pretrained folder: config ...
+WEIGHTS_NAME = "model.safetensors"  # ... and weights
 # Key fragments that mark Wan VAE weights (the original layout, bare or under a prefix).
 _VAE_MARKERS = ("encoder.conv1.", "decoder.conv1.", "decoder.middle.", "encoder.downsamples.")
 
@@ -40,6 +47,65 @@ def save_heads(heads: DelitHeads, path: str | Path, extra: dict | None = None) -
     return path
 
 
+def save_pretrained(heads: DelitHeads, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write ``folder/model.safetensors`` then ``folder/config.json`` (both atomic); the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_heads(heads, folder / WEIGHTS_NAME, extra)
+    config = {
+        "format": FORMAT,
+        "delit_version": __version__,
+        "config": heads.config.to_dict(),
+        "extra": extra or {},
+    }
+    write_json(folder / CONFIG_NAME, config)
+    return folder
+
+
+def heads_weights_path(source: str | Path) -> Path:
+    """The weights file of ``source``: a save_pretrained folder, a run folder or a file."""
+    path = Path(source)
+    if not path.is_dir():
+        return path
+    if (path / CONFIG_NAME).is_file():
+        if not (path / WEIGHTS_NAME).is_file():
+            raise DelitError(f"{path}: {CONFIG_NAME} without {WEIGHTS_NAME}")
+        return path / WEIGHTS_NAME
+    if (path / HEADS_FILENAME).is_file():
+        return path / HEADS_FILENAME
+    if (path / WEIGHTS_NAME).is_file():
+        raise DelitError(
+            f"{path}: {WEIGHTS_NAME} without {CONFIG_NAME} (save_pretrained writes both)"
+        )
+    raise DelitError(
+        f"{path}: run folder without {HEADS_FILENAME} "
+        f"(and not a save_pretrained folder: no {CONFIG_NAME} + {WEIGHTS_NAME})"
+    )
+
+
+def _folder_config(weights: Path) -> dict | None:
+    """``config.json`` beside a save_pretrained ``model.safetensors`` (None for other forms)."""
+    config_path = weights.parent / CONFIG_NAME
+    if weights.name != WEIGHTS_NAME or not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DelitError(f"{config_path}: not readable JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DelitError(f"{config_path}: not a delit heads config (format is not {FORMAT!r})")
+    return config
+
+
+def _heads_config(path: Path, metadata: dict[str, str], folder_config: dict | None) -> DelitConfig:
+    try:
+        if folder_config is not None:
+            return DelitConfig.from_dict(dict(folder_config["config"]))
+        return DelitConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DelitError(f"{path}: unusable heads config ({exc})") from None
+
+
 def read_heads_file(path: Path) -> tuple[dict, dict[str, str]]:
     """Tensors and metadata of a heads file, with one-line errors for bad files."""
     if not path.is_file():
@@ -53,28 +119,23 @@ def read_heads_file(path: Path) -> tuple[dict, dict[str, str]]:
     return tensors, metadata
 
 
-def load_heads(path: str | Path, map_location: str = "cpu") -> DelitHeads:
-    """Rebuild ``DelitHeads`` from a file written by ``save_heads`` (or a run folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / HEADS_FILENAME
+def load_heads(source: str | Path, map_location: str = "cpu") -> DelitHeads:
+    """Rebuild ``DelitHeads`` from a save_pretrained folder, a heads file or a run folder."""
+    path = heads_weights_path(source)
     tensors, metadata = read_heads_file(path)
+    folder_config = _folder_config(path)
     vae_keys = [k for k in tensors if any(m in k for m in _VAE_MARKERS)]
     if vae_keys:
         raise DelitError(
             f"{path}: holds VAE weights (e.g. {vae_keys[0]}); a delit heads checkpoint must "
             "hold only the heads (pass the VAE with --vae)"
         )
-    if metadata.get("format") != FORMAT:
+    if folder_config is None and metadata.get("format") != FORMAT:
         raise DelitError(
             f"{path}: not a delit heads checkpoint (metadata format is "
             f"{metadata.get('format')!r}, expected {FORMAT!r})"
         )
-    try:
-        cfg = DelitConfig.from_dict(json.loads(metadata["config"]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise DelitError(f"{path}: unusable heads config in metadata ({exc})") from None
-    heads = DelitHeads(cfg)
+    heads = DelitHeads(_heads_config(path, metadata, folder_config))
     try:
         heads.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -85,7 +146,12 @@ def load_heads(path: str | Path, map_location: str = "cpu") -> DelitHeads:
     return heads.to(map_location)
 
 
-def heads_metadata(path: str | Path) -> dict:
-    """The ``extra`` dict stored by ``save_heads`` (training info), or {}."""
-    _, metadata = read_heads_file(Path(path))
+def heads_metadata(source: str | Path) -> dict:
+    """The ``extra`` dict (training facts) stored with the heads, or {}."""
+    path = heads_weights_path(source)
+    folder_config = _folder_config(path)
+    if folder_config is not None:
+        extra = folder_config.get("extra") or {}
+        return extra if isinstance(extra, dict) else {}
+    _, metadata = read_heads_file(path)
     return json.loads(metadata.get("extra", "{}"))

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from delit_cache.data.pack import ensure_no_shards
 from delit_cache.data.shards import ShardWriter, encode_sample
 from delit_cache.synth.compose import render_sample
 from delit_cache.synth.environments import LightingOptions, list_hdris
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import progress_bar
 
 MIN_SIZE = 32
 
@@ -107,7 +107,7 @@ def synth(
     lighting = LightingOptions(p_hdri=p_hdri)
     out = Path(out)
     ensure_no_shards(out)
-    bar = tqdm(total=n, desc="synth", unit="sample", disable=not progress)
+    bar = progress_bar(total=n, desc="synth", unit="sample", enabled=progress)
     with ShardWriter(out, shard_size=shard_size) as writer:
         for sample in _samples(seed, n, size, files, lighting, workers):
             writer.write(sample)

@@ -78,10 +78,3 @@ def cleanup() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def resolve_rank_device(device: str, info: DistInfo) -> str:
-    """``cuda`` -> ``cuda:<local_rank>`` under a multi-process launch; other devices as given."""
-    if device == "cuda" and info.enabled:
-        return f"cuda:{info.local_rank}"
-    return device

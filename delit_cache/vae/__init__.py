@@ -10,14 +10,13 @@ Public API::
 DiffSynth (``diffsynth.models.wan_video_vae``) is imported only when a model is built.
 """
 
+from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.vae.loader import (
     CODEC_FORMAT,
     DEMO_SOURCE,
     demo_codec_path,
     load_wan_vae,
     new_wan_vae,
-    resolve_device,
-    resolve_dtype,
     save_codec,
 )
 from delit_cache.vae.model import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WanVAE

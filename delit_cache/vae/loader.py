@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.vae.model import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WanVAE
 from delit_cache.vae.weights import (
@@ -28,37 +29,11 @@ DEMO_SOURCE = "demo"
 DEMO_CODEC_FILE = "demo_codec.safetensors"
 CODEC_FORMAT = "delit-demo-codec"
 CODEC_META_KEY = "delit_codec"  # safetensors metadata key holding the JSON config
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
 
 def demo_codec_path() -> Path:
     """Where the packaged demo codec lives: ``delit_cache/assets/demo_codec.safetensors``."""
     return Path(str(resources.files("delit_cache"))) / "assets" / DEMO_CODEC_FILE
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """``torch.float32``/``torch.bfloat16`` or one of their names -> the torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in (torch.float32, torch.bfloat16):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise DelitError(f"dtype {dtype!r}: not supported (use float32 or bfloat16)")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device, checking that CUDA exists when asked for."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DelitError(f"device {device!r}: not a valid torch device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DelitError(f"device {device!r}: CUDA is not available on this machine")
-    return dev
 
 
 def _resolve_source(source: str | os.PathLike) -> Path:

@@ -1,0 +1,94 @@
+"""Training data from the latent cache: in memory or per batch, and a seeded order per step.
+
+The data order of epoch e is a permutation seeded by (seed, e); step s reads batch
+``s mod steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a resumed run reads what an
+uninterrupted one would. Under DDP each rank takes its slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from delit_cache.cache.store import DATA_ARRAYS, LatentCache
+from delit_cache.train.config import TrainConfig
+
+
+def available_memory() -> int:
+    """Bytes of memory available (``MemAvailable``), or 0 when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class CacheData:
+    """Samples ``indices`` of a cache, in memory (float32 tensors) or read per batch."""
+
+    def __init__(self, cache: LatentCache, indices: list[int], in_memory: bool):
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.arrays: dict[str, torch.Tensor] | None = None
+        if in_memory:
+            self.arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in DATA_ARRAYS}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, positions: torch.Tensor | np.ndarray, device: torch.device) -> dict:
+        """Tensors of the samples at ``positions`` (into ``indices``) on ``device``."""
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        if self.arrays is not None:
+            data = {n: a.index_select(0, pos) for n, a in self.arrays.items()}
+        else:
+            idx = self.indices[pos.numpy()]
+            data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in DATA_ARRAYS}
+        return {n: t.to(device, non_blocking=True) for n, t in data.items()}
+
+
+def decide_in_memory(cache: LatentCache, cfg: TrainConfig) -> bool:
+    """Whether to load the cache into memory (``in_memory`` auto/yes/no)."""
+    if cfg.in_memory != "auto":
+        return cfg.in_memory == "yes"
+    free = available_memory()
+    return free == 0 or cache.nbytes() < cfg.memory_fraction * free
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Permutation of ``range(n)`` for ``epoch``: a function of (seed, epoch) only."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which samples each step reads."""
+
+    n: int  # training samples
+    batch_size: int  # per process
+    world_size: int  # processes
+    seed: int  # data-order seed
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n // self.global_batch)
+
+    def positions(self, step: int, rank: int) -> torch.Tensor:
+        """Positions (into the training indices) read by ``rank`` at 0-based ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = epoch_order(self.n, self.seed, epoch)
+        if self.n < self.global_batch:
+            order = order.repeat(math.ceil(self.global_batch / self.n))
+        g = order[i * self.global_batch : (i + 1) * self.global_batch]
+        return g[rank * self.batch_size : (rank + 1) * self.batch_size]
