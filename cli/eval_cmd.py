@@ -35,6 +35,15 @@ def eval_command(
         int | None, typer.Option("--limit", min=1, help="Evaluate the first N samples only.")
     ] = None,
     size: ModelSizeOption = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write report.html and report.png (the first examples) here."
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="Samples shown in the --report picture.")
+    ] = 4,
 ) -> int:
     """Score a checkpoint on raw samples: flat-lit PSNR/SSIM, codec ceiling, three-sphere env
     metrics and light direction, each beside a free baseline."""
@@ -66,6 +75,14 @@ def eval_command(
     typer.echo(format_table(result))
     if json_path is not None:
         write_json(json_path, result)
+    if report is not None:
+        from delit_cache.evaluate.report import model_examples, write_report
+
+        report.mkdir(parents=True, exist_ok=True)
+        shown = [s for _, s in zip(range(examples), iter_samples(shards), strict=False)]
+        notes = [f"Checkpoint: {info['checkpoint']}.", f"Data: {', '.join(map(str, data))}."]
+        paths = write_report(report, model_examples(model, shown, size_used), result, notes)
+        typer.echo(f"wrote {paths['html']} and {paths['png']}")
     return 0
 
 

@@ -62,33 +62,12 @@ def make_data(opts: DemoOptions) -> tuple[Path, Path]:
     return train_dir, val_dir
 
 
-def held_out_examples(model, samples: list[dict], size: int) -> list[dict]:
-    """Model outputs beside the truth for the report."""
-    from delit_cache.models import PortraitTransform
-
-    transform = PortraitTransform(size)
-    rows = []
-    for sample in samples:
-        square, placement = transform(sample["relit"])
-        out = model.infer(square[None])
-        rows.append(
-            {
-                "relit": sample["relit"],
-                "flat_pred": transform.restore(out["flat"][0], placement),
-                "flat_true": sample["flat"],
-                "env_pred": out["env"][0],
-                "env_true": sample["env"],
-            }
-        )
-    return rows
-
-
 def run_demo(opts: DemoOptions) -> dict:
     """Run every stage into ``opts.out``; return the eval metrics (also in metrics.json)."""
     from delit_cache.cache.encode import encode_shards
     from delit_cache.data.shards import iter_samples
     from delit_cache.evaluate.evaluate import evaluate
-    from delit_cache.evaluate.report import write_report
+    from delit_cache.evaluate.report import model_examples, write_report
     from delit_cache.infer.delighter import load_vae_and_model
     from delit_cache.synth.environments import HELDOUT_HDRIS
     from delit_cache.train.trainer import RunOptions, train_heads
@@ -125,6 +104,6 @@ def run_demo(opts: DemoOptions) -> dict:
         f"HDRIs the training split never contained ({', '.join(HELDOUT_HDRIS)}).",
         f"Total time: {time.perf_counter() - t0:.0f} s.",
     ]
-    paths = write_report(opts.out, held_out_examples(model, samples, opts.size), metrics, notes)
+    paths = write_report(opts.out, model_examples(model, samples, opts.size), metrics, notes)
     _stage(f"done: {paths['html']} and {paths['png']}", t0)
     return metrics

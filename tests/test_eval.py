@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,7 @@ def eval_json(run_dir, shards, tiny_vae_pth, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_out") / "result.json"
     args = ["eval", "--checkpoint", str(run_dir), "--vae", str(tiny_vae_pth)]
     args += ["--data", str(shards), "--json", str(out), "--device", "cpu", "--batch-size", "2"]
+    args += ["--report", str(out.parent / "report"), "--examples", "2"]
     import contextlib
     import io
 
@@ -134,6 +136,18 @@ def test_eval_json_has_the_documented_shape(eval_json):
     assert "evaluated data" in data["mean_env_source"]
     assert "no mean_env.exr" in stdout  # the fallback is said in the output
     assert "PSNR (dB)" in stdout and "mirror si-RMSE" in stdout
+
+
+def test_eval_report_shows_the_examples_and_the_table(eval_json, tmp_path_factory):
+    from PIL import Image
+
+    code, data, stdout, _ = eval_json
+    assert code == 0
+    report = Path(stdout.strip().splitlines()[-1].split(" and ")[-1]).parent
+    png = Image.open(report / "report.png")
+    assert png.height > 2 * 64 and png.width > 5 * 64  # two rows of five panels
+    html = (report / "report.html").read_text()
+    assert f"{data['model']['flat_psnr']:.2f}" in html and "data:image/png;base64," in html
 
 
 def test_eval_table_is_aligned(eval_json):

@@ -113,6 +113,27 @@ def _png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def model_examples(model, samples: list[dict], size: int) -> list[dict]:
+    """The model's outputs on ``samples`` beside the truth: the rows of ``write_report``."""
+    from delit_cache.models import PortraitTransform
+
+    transform = PortraitTransform(size)
+    rows = []
+    for sample in samples:
+        square, placement = transform(sample["relit"])
+        out = model.infer(square[None])
+        rows.append(
+            {
+                "relit": sample["relit"],
+                "flat_pred": transform.restore(out["flat"][0], placement),
+                "flat_true": sample["flat"],
+                "env_pred": out["env"][0],
+                "env_true": sample["env"],
+            }
+        )
+    return rows
+
+
 def write_report(
     out_dir: str | Path, examples: list[dict], metrics: dict, notes: list[str] = ()
 ) -> dict[str, Path]:
@@ -124,11 +145,11 @@ def write_report(
         grid.save(tmp, format="PNG")
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>delit demo report</title>
+<html><head><meta charset="utf-8"><title>delit report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}} img{{max-width:100%}}</style>
 </head><body>
-<h1>delit demo report</h1>
+<h1>delit report</h1>
 <p>Held-out samples: {metrics.get("n", "?")}. Flat-lit scores are fitted with a per-channel
 least-squares scale; env scores use the three-sphere protocol (lower is better).</p>
 {metrics_table_html(metrics)}

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from delit_cache.lighting.envmap import (
     ENV_SIZE,
-    _batched,
+    as_env_batch,
     direction_grid,
     direction_to_uv,
     resample_env,
@@ -93,7 +93,7 @@ def box_resize(env: torch.Tensor, size: tuple[int, int] = ENV_SIZE) -> torch.Ten
     """Plain (not solid-angle weighted) box mean of pixels to ``size``: ``[B,3,h,w]`` /
     ``[3,h,w]`` -> same rank. Exact block means for integer ratios; otherwise each target pixel
     averages the source pixels it overlaps, weighted by the overlap length in each axis."""
-    x, squeeze = _batched(env)
+    x, squeeze = as_env_batch(env)
     if tuple(x.shape[-2:]) != tuple(size):
         rows = _box_matrix(x.shape[-2], size[0]).to(x)
         cols = _box_matrix(x.shape[-1], size[1]).to(x)
@@ -114,7 +114,7 @@ def reference_tonemap(env: torch.Tensor) -> torch.Tensor:
     """The protocol's tone map of ``[B,3,h,w]`` / ``[3,h,w]`` linear maps: negatives clamped to 0,
     ``x**(1/2.4)`` scaled so the median of its non-zero values (all channels pooled, the lower
     median of an even count as numpy's percentile interpolates) is 0.5; not clipped."""
-    x, squeeze = _batched(env)
+    x, squeeze = as_env_batch(env)
     power = x.double().clamp_min(0.0) ** (1.0 / 2.4)
     scales = []
     for img in power:
@@ -430,7 +430,7 @@ def render_reference(tonemapped: torch.Tensor) -> dict[str, torch.Tensor]:
     at the ``N`` mask pixels of ``sphere_view()``; ``frame_of`` pastes one into the
     540 x 960 frame.
     """
-    x, _ = _batched(tonemapped)
+    x, _ = as_env_batch(tonemapped)
     x = x.float()
     if tuple(x.shape[-2:]) != ENV_SIZE:
         raise ValueError(f"tone-mapped maps must be 128x256, got {tuple(x.shape)}")
@@ -495,8 +495,8 @@ def diffusionlight_errors(pred_env: torch.Tensor, gt_env: torch.Tensor) -> dict[
     ``light_dir_deg`` is EnvMapNet's dominant-light error (NaN where a map has no light)."""
     from delit_cache.lighting.lights import dominant_light_error_deg
 
-    p, _ = _batched(pred_env)
-    g, _ = _batched(gt_env)
+    p, _ = as_env_batch(pred_env)
+    g, _ = as_env_batch(gt_env)
     if p.shape[0] != g.shape[0]:
         raise ValueError(f"batch sizes differ: {p.shape[0]} vs {g.shape[0]}")
     p, g = box_resize(p.float().clamp_min(0.0)), box_resize(g.float().clamp_min(0.0))
