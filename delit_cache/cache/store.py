@@ -304,6 +304,14 @@ def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray]) ->
     group["block_done"][block] = 1
 
 
+def damage_report(path: str | Path) -> tuple[list[integrity.Damage], int, bool]:
+    """(every damaged block's arrays, blocks checked, whether digests were there) of a cache."""
+    path = Path(path)
+    group = _open_group(path, mode="r")
+    damage = integrity.scan(group, CHECKED_ARRAYS)
+    return damage, int(integrity.done_flags(group).sum()), integrity.has_digests(group)
+
+
 def touch(group: zarr.Group) -> None:
     """Record the update time and the current delit version."""
     group.attrs.update({"updated": now_iso(), "delit_version": __version__})
