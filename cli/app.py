@@ -49,6 +49,7 @@ COMMAND_MODULES = (
     "cli.pipeline_cmd",
     "cli.eval_cmd",
     "cli.demo_cmd",
+    "cli.cache_cmd",
 )
 
 

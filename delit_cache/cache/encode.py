@@ -2,9 +2,12 @@
 
 Steps (see ``delit_cache.cache.store`` for the store layout):
 
-1. Rank 0 opens or creates the store (refusing another VAE, size, precision or
-   augmentation setting), lists the keys of every shard (tar headers only), drops keys the
-   store already plans, and appends the rest as whole blocks of rows.
+1. Rank 0 takes the store's lock file (``CACHE.zarr.lock``; a second ``delit encode`` on
+   the same store is refused in one line while the first runs), opens or creates the store
+   (refusing another VAE, size, precision or augmentation setting), checks every done block
+   against its digests and makes damaged ones pending again, drops planned rows whose sample
+   has left its shard, lists the keys of every shard (tar headers only; a key in two shards
+   is refused), drops keys the store already plans, and appends the rest as whole blocks.
 2. After a barrier every rank lists the blocks not yet marked done (new ones and those an
    interrupted run left) and encodes blocks ``rank, rank + W, ...``: ranks never share a chunk.
    Each block's arrays are written first, its ``block_done`` flag last.
@@ -17,17 +20,21 @@ shards appends them. Multi-process: launch with ``torchrun --nproc_per_node N`` 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import tarfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from delit_cache.cache import integrity
 from delit_cache.cache import store as cache_mod
 from delit_cache.data.augment import augment_sample
 from delit_cache.data.shards import decode_sample, expand_shards, raw_samples
@@ -44,9 +51,10 @@ from delit_cache.train.distributed import (
 from delit_cache.utils.device import dtype_name, resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.faults import fault_point
-from delit_cache.utils.logs import progress_bar
+from delit_cache.utils.logs import get_logger, progress_bar
 
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,39 +97,107 @@ def shard_keys(path: Path) -> list[str]:
 def plan_entries(
     shards: Sequence[Path], existing: set[str], augment: int
 ) -> tuple[list[cache_mod.Entry], int]:
-    """New rows for ``shards`` (K variants per sample) not in ``existing``; and the skip count."""
+    """New rows for ``shards`` (K variants per sample) not in ``existing``; and the skip count.
+
+    Raises ``DelitError`` when one sample key is in two shards."""
     entries: list[cache_mod.Entry] = []
     skipped = 0
-    for shard in shards:
-        source = str(Path(shard).resolve())
-        for key in shard_keys(Path(shard)):
+    first_shard: dict[str, Path] = {}
+    for shard in dict.fromkeys(Path(s).resolve() for s in shards):
+        for key in shard_keys(shard):
             if cache_mod.VARIANT_SEP in key:
                 raise DelitError(f"{shard}: sample key {key!r} contains '#'")
+            if key in first_shard:
+                raise DelitError(
+                    f"sample key {key!r} is in both {first_shard[key]} and {shard} (keys must "
+                    "be unique across shards; run delit data check)"
+                )
+            first_shard[key] = shard
             for variant in range(augment):
                 if cache_mod.variant_key(key, variant) in existing:
                     skipped += 1
                 else:
-                    entries.append(cache_mod.Entry(key, source, variant))
+                    entries.append(cache_mod.Entry(key, str(shard), variant))
     return entries, skipped
+
+
+@contextmanager
+def encode_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT.lock`` (beside the store) for one encode; refuse when another holds it."""
+    lock_path = out.with_name(out.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise DelitError(
+                f"{out}: another delit encode (pid {holder}) is writing this cache; wait for "
+                "it to finish (for more GPUs, launch one encode with torchrun)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def repair_damage(out: Path, group) -> int:
+    """Make blocks whose digests no longer match pending again; return how many."""
+    damage = integrity.scan(group, cache_mod.CHECKED_ARRAYS)
+    for d in damage:
+        log.warning("%s: %s; re-encoding it", out, d)
+    integrity.repair(group, damage)
+    return len({d.block for d in damage})
+
+
+def drop_vanished(out: Path, group) -> int:
+    """Blank the planned rows of pending blocks whose sample left its shard; return how many."""
+    keys_of: dict[str, set[str] | None] = {}
+    dropped = 0
+    for block in cache_mod.pending_blocks(group):
+        for row, key, source, _ in cache_mod.block_rows(group, block):
+            if source not in keys_of:
+                keys_of[source] = set(shard_keys(Path(source))) if Path(source).is_file() else None
+            have = keys_of[source]
+            if have is None or cache_mod.base_key(key) not in have:
+                group["key"][row] = ""
+                dropped += 1
+    if dropped:
+        log.warning("%s: %d planned sample(s) are no longer in their shards; dropped", out, dropped)
+    return dropped
 
 
 def _plan_on_main(
     out: Path, spec: cache_mod.CacheSpec, block_size: int, shards: list[Path]
 ) -> tuple[int, int]:
-    """Rank 0: open/create the store and append the new rows; (planned, skipped)."""
+    """Rank 0: open/create the store, repair it and append the new rows; (planned, skipped)."""
     group = cache_mod.open_store(out, spec, block_size)
+    repair_damage(out, group)
+    drop_vanished(out, group)
     entries, skipped = plan_entries(shards, cache_mod.planned_keys(group), spec.augment)
     cache_mod.plan_append(group, entries)
     return len(entries), skipped
 
 
 def _collective_plan(
-    info: DistInfo, out: Path, spec: cache_mod.CacheSpec, block_size: int, shards: list[Path]
+    info: DistInfo,
+    out: Path,
+    spec: cache_mod.CacheSpec,
+    block_size: int,
+    shards: list[Path],
+    stack: ExitStack,
 ) -> tuple[int, int]:
-    """Plan on rank 0 and share the outcome; every rank raises the same DelitError on failure."""
+    """Plan on rank 0 (taking the lock onto ``stack``) and share the outcome; every rank
+    raises the same DelitError on failure."""
     result: tuple[str, object] = ("ok", (0, 0))
     if info.is_main:
         try:
+            stack.enter_context(encode_lock(out))
             result = ("ok", _plan_on_main(out, spec, block_size, shards))
         except DelitError as exc:
             result = ("error", str(exc))
@@ -162,6 +238,8 @@ def iter_block_inputs(
             per_key.setdefault(cache_mod.base_key(key), []).append((b, slot, variant))
     buffers: dict[int, list] = {b: [None] * len(rows_of[b]) for b in blocks}
     filled = dict.fromkeys(blocks, 0)
+    for b in [b for b in blocks if not rows_of[b]]:  # every planned sample was dropped
+        yield b, buffers.pop(b)
     for source, per_key in wanted.items():
         if not Path(source).is_file():
             raise DelitError(f"{source}: shard listed in the cache is gone (needed to resume)")
@@ -184,6 +262,8 @@ def encode_block(
     vae, inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch_size: int
 ) -> dict[str, np.ndarray]:
     """Encode one block's inputs -> numpy arrays for ``cache.write_block``."""
+    if not inputs:
+        return {n: np.zeros((0, 1), dtype=np.float32) for n in cache_mod.DATA_ARRAYS}
     latents: dict[str, list[np.ndarray]] = {"relit_latent": [], "flat_latent": []}
     device = next(vae.parameters()).device
     for lo in range(0, len(inputs), batch_size):
@@ -271,10 +351,11 @@ def encode_shards(
             augment_seed=seed,
             z_dim=int(vae.z_dim),
         )
-        planned, skipped = _collective_plan(info, out, spec, block_size, shard_list)
-        barrier()
-        opts = EncodeOptions(size, batch_size, seed, progress)
-        return _run_encode(out, vae, info, planned, skipped, opts)
+        with ExitStack() as stack:
+            planned, skipped = _collective_plan(info, out, spec, block_size, shard_list, stack)
+            barrier()
+            opts = EncodeOptions(size, batch_size, seed, progress)
+            return _run_encode(out, vae, info, planned, skipped, opts)
     finally:
         cleanup()
 

@@ -12,26 +12,34 @@
                                           are "<key>#<k>", variant 0 is "<key>" itself
     source        str     [R]             absolute path of the shard the sample came from
     variant       int16   [R]             augmentation variant (0 = original)
+    block_sha256  str     [R/S]           JSON {array: sha256 of block b's values}, written
+                                          just before the done flag (see cache.integrity)
     block_done    uint8   [R/S]           1 once every array of block b is written
 
 Rows come in blocks of ``S = block_size`` rows; every data array is chunked one block per
 chunk (Blosc/zstd), so a block is written by one process in whole-chunk writes (zarr's
 local store writes each chunk to a temp file and renames it). A row is *valid* when its key
 is non-empty and its block's ``block_done`` flag is 1; the flag is written only after the
-block's arrays, so an interrupted encode never counts a half-written block. Appends start at
+block's arrays and digests, so an interrupted encode never counts a half-written block, and a
+block damaged later (a chunk deleted, truncated or altered) is found by its digests. Appends start at
 the next block boundary (a partly filled last block keeps empty rows).
 
 Group attributes: ``format`` ("delit-latent-cache"), ``format_version``, ``vae_fingerprint``,
 ``vae_dim``, ``z_dim``, ``image_size``, ``latent_size``, ``encode_dtype`` ("float32" or
 "bfloat16": inference must encode in the same precision), ``env_size``, ``env_format``
 ("linear-hdr"), ``block_size``, ``augment`` (variants per sample), ``augment_seed``,
-``num_rows``, ``delit_version``, ``created``, ``updated`` (ISO 8601 UTC).
+``num_rows``, ``delit_version``, ``created``, ``updated`` (ISO 8601 UTC). A new store is
+built under ``CACHE.zarr.partial`` and renamed into place, so a crash while creating it
+leaves no half-made store. Stores written before ``block_sha256`` existed still load, with a
+warning that they cannot be verified.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,13 +52,17 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from delit_cache import __version__
+from delit_cache.cache import integrity
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger
 
 FORMAT = "delit-latent-cache"
 FORMAT_VERSION = 1
 ENV_SIZE = (128, 256)
 DATA_ARRAYS = ("relit_latent", "flat_latent", "env")
 VARIANT_SEP = "#"
+CHECKED_ARRAYS = (*DATA_ARRAYS, *integrity.META_ARRAYS)
+log = get_logger(__name__)
 
 
 def _compressor() -> BloscCodec:
@@ -106,7 +118,12 @@ def open_store(path: str | Path, spec: CacheSpec, block_size: int) -> zarr.Group
         return group
     if block_size < 1:
         raise DelitError(f"{path}: block size must be >= 1, got {block_size}")
-    return _create_store(path, spec, block_size)
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():  # left by an encode killed while creating the store
+        shutil.rmtree(partial)
+    _create_store(partial, spec, block_size)
+    partial.rename(path)
+    return _open_group(path, mode="r+")
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
@@ -117,7 +134,10 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
     except Exception as exc:
         raise DelitError(f"{path}: not a readable Zarr store ({exc})") from None
     if group.attrs.get("format") != FORMAT:
-        raise DelitError(f"{path}: not a delit latent cache (format {group.attrs.get('format')!r})")
+        raise DelitError(
+            f"{path}: not a delit latent cache (format {group.attrs.get('format')!r}; if it "
+            "is left from an encode that crashed in an older delit, delete it and rerun)"
+        )
     if group.attrs.get("format_version") != FORMAT_VERSION:
         raise DelitError(
             f"{path}: cache format version {group.attrs.get('format_version')} is not "
@@ -145,7 +165,7 @@ def check_spec(path: Path, attrs: dict[str, Any], spec: CacheSpec) -> None:
             )
 
 
-def _create_store(path: Path, spec: CacheSpec, block_size: int) -> zarr.Group:
+def _create_store(path: Path, spec: CacheSpec, block_size: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(str(path), mode="w-")
     h = spec.latent_size
@@ -166,6 +186,7 @@ def _create_store(path: Path, spec: CacheSpec, block_size: int) -> zarr.Group:
     group.create_array("key", shape=(0,), chunks=(block_size,), dtype=str, fill_value="")
     group.create_array("source", shape=(0,), chunks=(block_size,), dtype=str, fill_value="")
     group.create_array("variant", shape=(0,), chunks=(block_size,), dtype="int16", fill_value=0)
+    group.create_array(integrity.SHA_ARRAY, shape=(0,), chunks=(1,), dtype=str, fill_value="")
     group.create_array("block_done", shape=(0,), chunks=(1,), dtype="uint8", fill_value=0)
     stamp = now_iso()
     group.attrs.update(
@@ -189,7 +210,6 @@ def _create_store(path: Path, spec: CacheSpec, block_size: int) -> zarr.Group:
             "updated": stamp,
         }
     )
-    return group
 
 
 @dataclass(frozen=True)
@@ -235,6 +255,9 @@ def plan_append(group: zarr.Group, entries: Sequence[Entry]) -> range:
     done = group["block_done"]
     done.resize((total // size,))
     done[start // size :] = 0
+    if integrity.has_digests(group):
+        group[integrity.SHA_ARRAY].resize((total // size,))
+        group[integrity.SHA_ARRAY][start // size :] = np.full(n_blocks, "", dtype=str)
     group.attrs["num_rows"] = total
     return range(start // size, total // size)
 
@@ -266,13 +289,27 @@ def write_block(group: zarr.Group, block: int, arrays: dict[str, np.ndarray]) ->
     block, padded here to whole chunks), then mark the block done."""
     size = int(group.attrs["block_size"])
     lo = block * size
+    digests = {}
     for name in DATA_ARRAYS:
-        data = np.asarray(arrays[name], dtype=np.float32)
+        data = np.asarray(arrays[name], dtype=np.float32).reshape(-1, *group[name].shape[1:])
         if data.shape[0] < size:
             pad = np.zeros((size - data.shape[0], *data.shape[1:]), dtype=np.float32)
             data = np.concatenate([data, pad])
         group[name][lo : lo + size] = data
+        digests[name] = integrity.digest(data)
+    if integrity.has_digests(group):
+        for name in integrity.META_ARRAYS:
+            digests[name] = integrity.digest(group[name][lo : lo + size])
+        group[integrity.SHA_ARRAY][block] = json.dumps(digests)
     group["block_done"][block] = 1
+
+
+def damage_report(path: str | Path) -> tuple[list[integrity.Damage], int, bool]:
+    """(every damaged block's arrays, blocks checked, whether digests were there) of a cache."""
+    path = Path(path)
+    group = _open_group(path, mode="r")
+    damage = integrity.scan(group, CHECKED_ARRAYS)
+    return damage, int(integrity.done_flags(group).sum()), integrity.has_digests(group)
 
 
 def touch(group: zarr.Group) -> None:
@@ -301,13 +338,53 @@ class LatentCache:
         self.path = Path(path)
         self.group = _open_group(self.path, mode="r")
         self.metadata: dict[str, Any] = dict(self.group.attrs)
-        n = int(self.metadata["num_rows"])
-        size = int(self.metadata["block_size"])
-        keys = self.group["key"][:n] if n else np.array([], dtype=str)
-        done = np.repeat(self.group["block_done"][: n // size], size) if n else np.zeros(0)
-        valid = np.flatnonzero((keys != "") & (done == 1)) if n else np.zeros(0, dtype=np.int64)
+        self.block_size = int(self.metadata["block_size"])
+        self._checked: set[tuple[str, int]] = set()  # (array, block) verified so far
+        if not integrity.has_digests(self.group):
+            log.warning(
+                "%s: written before delit recorded checksums: damage cannot be detected "
+                "(re-encode into a new store to get them)",
+                self.path,
+            )
+        done = integrity.done_flags(self.group)
+        keys = self._read_keys(done)
+        valid = np.flatnonzero((keys != "") & (np.repeat(done, self.block_size) == 1))
         self.rows = valid.astype(np.int64)
-        self.keys: list[str] = [str(k) for k in keys[self.rows]] if n else []
+        self.keys: list[str] = [str(k) for k in keys[self.rows]]
+        pending = int((done == 0).sum())
+        if pending:
+            log.warning("%s: %d block(s) not encoded yet (rerun delit encode)", self.path, pending)
+
+    def _read_keys(self, done: np.ndarray) -> np.ndarray:
+        """Keys of every row, checking the plan rows (key, source, variant) of done blocks."""
+        parts = []
+        for block, flag in enumerate(done):
+            if flag:
+                self._verify(integrity.META_ARRAYS, block)
+            try:
+                keys = integrity.read_block(self.group, "key", block)
+                parts.append(np.array([str(k) for k in keys], dtype=object))
+            except ValueError:  # a pending block's plan: encode repairs it
+                parts.append(np.full(self.block_size, "", dtype=object))
+        return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+    def _verify(self, names: Sequence[str], block: int) -> None:
+        """Raise ``DelitError`` if arrays ``names`` of done ``block`` are damaged (once each)."""
+        todo = tuple(n for n in names if (n, block) not in self._checked)
+        if not todo:
+            return
+        damage = integrity.check_block(self.group, block, todo)
+        if damage:
+            raise DelitError(
+                f"{self.path}: damaged cache: {damage[0]} (delit cache verify {self.path} lists "
+                "every damaged block; delit encode re-encodes them)"
+            )
+        self._checked.update((n, block) for n in todo)
+
+    def verify(self) -> None:
+        """Check every array of every valid block now (``DelitError`` at the first damage)."""
+        for block in np.unique(self.rows // self.block_size):
+            self._verify(DATA_ARRAYS, int(block))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -328,6 +405,8 @@ class LatentCache:
         if idx.size == 0:
             return np.zeros((0, *arr.shape[1:]), dtype=np.float32)
         rows = self.rows[idx]
+        for block in np.unique(rows // self.block_size):
+            self._verify((name,), int(block))
         order = np.argsort(rows, kind="stable")
         out = np.empty((idx.size, *arr.shape[1:]), dtype=np.float32)
         out[order] = arr.oindex[rows[order]]
