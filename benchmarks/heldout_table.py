@@ -1,0 +1,76 @@
+"""Tabulate ``delit eval --json`` results side by side, with the mean-env baseline and targets.
+
+    python benchmarks/heldout_table.py --eval "shipped heads=eval.json" --eval "old=old.json"
+
+Prints a markdown table: one row per metric, one column per result, then the baselines of
+the first result (input as flat-lit; mean env map) and the codec ceiling. Lower is better
+for every env metric; higher for PSNR and SSIM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROWS = (
+    ("flat-lit PSNR (dB)", ("flat_psnr",), 2, "baseline_input_as_flat"),
+    ("flat-lit SSIM", ("flat_ssim",), 3, "baseline_input_as_flat"),
+    ("diffuse si-RMSE", ("diffuse", "si_rmse"), 3, "baseline_mean_env"),
+    ("diffuse angular error (deg)", ("diffuse", "angular_deg"), 2, "baseline_mean_env"),
+    ("diffuse nRMSE", ("diffuse", "nrmse"), 3, "baseline_mean_env"),
+    ("matte si-RMSE", ("matte", "si_rmse"), 3, "baseline_mean_env"),
+    ("matte angular error (deg)", ("matte", "angular_deg"), 2, "baseline_mean_env"),
+    ("matte nRMSE", ("matte", "nrmse"), 3, "baseline_mean_env"),
+    ("mirror si-RMSE", ("mirror", "si_rmse"), 3, "baseline_mean_env"),
+    ("mirror angular error (deg)", ("mirror", "angular_deg"), 2, "baseline_mean_env"),
+    ("mirror nRMSE", ("mirror", "nrmse"), 3, "baseline_mean_env"),
+    ("brightest-light direction error (deg)", ("light_dir_deg",), 1, "baseline_mean_env"),
+)
+
+
+def lookup(block: dict | None, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(block, dict) or key not in block:
+            return None
+        block = block[key]
+    return None if block is None else float(block)
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[tuple[str, dict]]) -> str:
+    first = results[0][1]
+    names = [name for name, _ in results]
+    head = "| metric | " + " | ".join(names) + " | free baseline | codec ceiling |"
+    lines = [head, "|" + " --- |" * (len(names) + 3)]
+    for label, path, digits, base_key in ROWS:
+        cells = [fmt(lookup(r.get("model"), path), digits) for _, r in results]
+        base = fmt(lookup(first.get(base_key), path), digits)
+        ceiling = fmt(lookup(first.get("codec_ceiling"), path), digits)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {base} | {ceiling} |")
+    counts = " / ".join(f"{name}: n={r.get('n')}" for name, r in results)
+    return "\n".join(lines) + f"\n\nSamples: {counts}."
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--eval", action="append", required=True, help="NAME=path/to/eval.json")
+    args = ap.parse_args()
+    results = []
+    for item in args.eval:
+        name, sep, path = item.partition("=")
+        if not sep:
+            sys.exit(f"error: --eval {item!r}: expected NAME=path")
+        try:
+            results.append((name, json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as exc:
+            sys.exit(f"error: {path}: {exc}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
