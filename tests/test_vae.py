@@ -271,7 +271,7 @@ def test_demo_missing_says_not_installed(tmp_path, monkeypatch):
 
 
 def test_bad_device_and_dtype(tiny_vae_pth):
-    with pytest.raises(DelitError, match="float32 or bfloat16"):
+    with pytest.raises(DelitError, match="expected one of float32, bfloat16"):
         load_wan_vae(tiny_vae_pth, dtype="float16")
     if not torch.cuda.is_available():
         with pytest.raises(DelitError, match="CUDA is not available"):
