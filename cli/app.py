@@ -1,8 +1,9 @@
 """The ``delit`` typer app and its entry point.
 
 Each command group lives in its own module and registers itself on ``app`` when
-imported; ``main`` imports them all, runs the app and turns a ``DelitError`` into
-one ``error: ...`` line on stderr with exit code 2.
+imported; ``main`` imports them all, runs the app and turns a ``DelitError`` or a
+usage error (missing option, bad value, unknown command) into one ``error: ...`` line on
+stderr with exit code 2. Exit codes: 0 done, 1 some inputs failed, 2 usage or input error.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import importlib
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from delit_cache.utils.errors import DelitError
@@ -41,23 +41,34 @@ def log_level(
     configure_logging(VERBOSE if verbose else QUIET if quiet else NORMAL)
 
 
-# Modules that add commands to ``app`` (each one calls ``@app.command`` at import).
+# Modules that add commands to ``app`` (each one calls ``@app.command`` at import), relative
+# to this package (``cli`` in the source tree, ``delit_cli`` once installed).
 COMMAND_MODULES = (
-    "cli.vae_cmd",
-    "cli.lighting_cmd",
-    "cli.data_cmd",
-    "cli.pipeline_cmd",
-    "cli.eval_cmd",
-    "cli.demo_cmd",
-    "cli.cache_cmd",
+    ".vae_cmd",
+    ".lighting_cmd",
+    ".data_cmd",
+    ".pipeline_cmd",
+    ".eval_cmd",
+    ".demo_cmd",
+    ".cache_cmd",
 )
 
 
 def load_commands() -> typer.Typer:
     """Import every command module so that its commands are registered; return the app."""
     for name in COMMAND_MODULES:
-        importlib.import_module(name)
+        importlib.import_module(name, __package__)
     return app
+
+
+def _report_click_error(exc: typer.TyperException) -> int:
+    """One ``error:`` line for a click error (exit 2); bare ``delit`` prints the help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        typer.echo(exc.format_message(), err=True)
+        return 2
+    message = " ".join(exc.format_message().split())
+    typer.echo(f"error: {message} (see --help)", err=True)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     except DelitError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = 2
-    except click.exceptions.Abort:
+    except OSError as exc:  # an output that cannot be created, a full disk, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        code = 2
+    except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+    except typer.TyperException as exc:  # typer's bundled click: ClickException, UsageError
+        code = _report_click_error(exc)
     else:
         code = result if isinstance(result, int) else 0
     if argv is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from .app import app
 
 cache_app = typer.Typer(
     name="cache", help="Inspect a latent cache written by delit encode.", no_args_is_help=True

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.app import app
+from .app import app
 
 data_app = typer.Typer(
     help="Inspect training data (shards or a folder layout).", no_args_is_help=True

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
-from cli.options import DeviceOption
+from .app import app
+from .options import DeviceOption
 
 
 @app.command("demo")

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
-from cli.options import (
+from delit_cache.utils.atomic import write_json
+
+from .app import app
+from .options import (
     BatchSizeOption,
     CheckpointOption,
     DataOption,
@@ -17,7 +19,6 @@ from cli.options import (
     ModelSizeOption,
     VaeOption,
 )
-from delit_cache.utils.atomic import write_json
 
 
 @app.command("eval")

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
 from delit_cache.utils.atomic import write_json
+
+from .app import app
 
 SPHERE_NAMES = ("diffuse", "matte", "mirror")
 REFERENCE_SPHERES = ("diffuse", "matte_silver", "mirror")

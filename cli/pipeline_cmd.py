@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
-from cli.options import (
+from .app import app
+from .options import (
     BatchSizeOption,
     DataOption,
     DeviceOption,
@@ -62,7 +62,7 @@ def encode_cmd(
     """Encode relit and flat images of SHARDS with the frozen VAE into a Zarr latent cache.
 
     Resumable (rerun the same command) and appendable (new keys only). Multi-GPU: launch
-    with torchrun --nproc_per_node N -m cli encode ... (ranks split the blocks; cuda and auto
+    with torchrun --nproc_per_node N -m delit_cli encode ... (ranks split the blocks; cuda and auto
     mean each rank's own GPU).
     """
     from delit_cache.cache.encode import encode_shards

@@ -9,9 +9,10 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
-from cli.options import DeviceOption, DtypeOption, VaeOption
 from delit_cache.utils.errors import DelitError
+
+from .app import app
+from .options import DeviceOption, DtypeOption, VaeOption
 
 DEMO_NOTE = (
     "note: 'demo' is a small stand-in codec trained on synthetic portraits for demos and "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import click
 import pytest
 import torch
 import typer
@@ -64,7 +63,7 @@ def test_fault_point_raises_or_passes(monkeypatch):
         fault_point("encode.block", 2)
 
 
-def _command(name: str) -> click.Command:
+def _command(name: str):
     group = typer.main.get_command(load_commands())
     path = name.split()
     cmd = group

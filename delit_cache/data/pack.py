@@ -50,14 +50,17 @@ def pack_folder(
     tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
     try:
         problems: list[str] = []
-        keys: set[str] = set()
+        keys: dict[str, str] = {}  # key -> the stem that took it
         with ShardWriter(tmp, shard_size=shard_size) as writer:
             for sample in iter_folder(src, problems):
                 key = key_for_stem(sample["key"])
                 if key in keys:
-                    problems.append(f"{sample['key']}: key {key!r} clashes with another stem")
+                    problems.append(
+                        f"stems {keys[key]!r} and {sample['key']!r} both become the key "
+                        f"{key!r} (dots and slashes turn into '_'); rename one"
+                    )
                     continue
-                keys.add(key)
+                keys[key] = sample["key"]
                 meta = {"source": "pack", "stem": sample["key"], **sample["meta"]}
                 writer.write(
                     encode_sample(
@@ -68,9 +71,8 @@ def pack_folder(
                 if progress is not None:
                     progress(1)
         if problems:
-            raise DelitError(
-                f"{problems[0]} ({len(problems)} problems in {src}; see delit data check)"
-            )
+            hint = "" if problems[0].startswith("stems ") else "; see delit data check"
+            raise DelitError(f"{problems[0]} ({len(problems)} problems in {src}{hint})")
         final = []
         for shard in writer.written:
             os.replace(shard, out / shard.name)

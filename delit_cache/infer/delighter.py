@@ -357,13 +357,14 @@ class Delighter:
         HDR) and ``<name>_env.png`` (panorama and three spheres) atomically. An unreadable
         photo is reported in one line on stderr and skipped; see ``RunSummary``.
         """
+        out = Path(out_dir)
         paths, problems = collect_inputs(inputs)
+        paths = [p for p in paths if not is_own_output(p, out)]
         summary = RunSummary(failed=list(problems))
         for line in problems:
             log.error("error: %s", line)
         if not paths:
             return summary
-        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         names = output_names(paths)
         bar = progress_bar(total=len(paths), unit="img", enabled=progress)
@@ -372,10 +373,18 @@ class Delighter:
             if loaded:
                 results = self.predict([im for _, im in loaded])
                 for (path, _), res in zip(loaded, results, strict=True):
-                    summary.written[path] = write_result(res, out, names[path])
+                    self._write(path, res, out / names[path], summary, bar)
             bar.update(len(batch))
         bar.close()
         return summary
+
+    @staticmethod
+    def _write(path: Path, res: DelitResult, stem: Path, summary: RunSummary, bar) -> None:
+        if np.isfinite(res.flat).all() and np.isfinite(res.env).all():
+            summary.written[path] = write_result(res, stem.parent, stem.name)
+            return
+        summary.failed.append(f"{path}: the model returned NaN or Inf; nothing written")
+        bar.write(f"error: {summary.failed[-1]}", file=sys.stderr)
 
     def _load_batch(self, batch: Sequence[Path], summary: RunSummary, bar) -> list:
         from delit_cache.data.imageio import read_ldr
@@ -388,6 +397,15 @@ class Delighter:
                 summary.failed.append(str(exc))
                 bar.write(f"error: {exc}", file=sys.stderr)
         return loaded
+
+
+OUTPUT_SUFFIXES = ("_flat.png", "_env.png")
+
+
+def is_own_output(path: Path, out_dir: Path) -> bool:
+    """Whether ``path`` is an output ``delit infer`` writes into ``out_dir`` (an ``--out`` that
+    is also an input folder must not feed its own outputs back in)."""
+    return path.name.endswith(OUTPUT_SUFFIXES) and path.parent.resolve() == out_dir.resolve()
 
 
 def _path_batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:

@@ -116,6 +116,9 @@ def read_heads_file(path: Path) -> tuple[dict, dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DelitError(f"{path}: not a readable safetensors file ({exc})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise DelitError(f"{path}: {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]})")
     return tensors, metadata
 
 

@@ -35,8 +35,9 @@ def training_state(heads: DelitHeads, opt, sched, step: int, cfg: TrainConfig) -
 
 
 def restore_training_state(run: Path, heads: DelitHeads, opt, sched) -> int:
-    """Load ``RUN/checkpoints/latest.pt`` into heads, optimiser, scheduler and RNGs; the step."""
-    state = trainstate.load_checkpoint(run / trainstate.CKPT_DIR / trainstate.LATEST)
+    """Load ``RUN/checkpoints/latest.pt`` (or the newest intact ``step_XXXXXX.pt``) into heads,
+    optimiser, scheduler and RNGs; the step."""
+    state = trainstate.load_resumable(run)
     heads.load_state_dict(state["heads"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

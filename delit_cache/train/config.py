@@ -1,14 +1,15 @@
 """``TrainConfig``: every setting of ``delit train-heads``, loaded from YAML, CLI on top.
 
 A YAML file holds any subset of the fields below (unknown keys are an error); the heads'
-architecture goes under ``model:`` with ``DelitConfig`` field names. Packaged configs live
-in the repository's ``configs/`` folder (``default.yaml``, ``tiny.yaml``); a name without a
-path resolves there.
+architecture goes under ``model:`` with ``DelitConfig`` field names. Named configs live in
+the repository's ``configs/`` folder (``default.yaml``, ``tiny.yaml``), shipped in the wheel
+as ``delit_cache/configs/``; a name without a path resolves there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import yaml
 from delit_cache.models.config import DelitConfig
 from delit_cache.utils.errors import DelitError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def config_dir() -> Path:
+    """The named configs: ``delit_cache/configs`` once installed (mapped in at build time),
+    else the source tree's top-level ``configs/`` beside the package."""
+    installed = _PACKAGE / "configs"
+    return installed if installed.is_dir() else _PACKAGE.parent / "configs"
 
 
 @dataclass
@@ -82,7 +90,12 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1, got {value}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
+        problems += [
+            f"{f.name} must be a finite number, got {getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))
+        ]
+        if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         choices = {
             "schedule": ("cosine", "constant"),
@@ -107,10 +120,11 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+    folder = config_dir()
+    for candidate in (folder / path.name, folder / f"{path.name}.yaml"):
         if candidate.is_file():
             return candidate
-    raise DelitError(f"{name}: no such config file (nor in {CONFIG_DIR})")
+    raise DelitError(f"{name}: no such config file (nor in {folder})")
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:

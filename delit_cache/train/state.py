@@ -25,6 +25,9 @@ import torch
 
 from delit_cache.utils.atomic import atomic_path
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger
+
+log = get_logger(__name__)
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.pt"
@@ -74,6 +77,24 @@ def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep_last: int)
     return step_path
 
 
+def load_resumable(run: Path) -> dict[str, Any]:
+    """The newest intact checkpoint of ``run``: ``latest.pt``, else (with a warning) the newest
+    ``step_XXXXXX.pt`` that loads; ``DelitError`` naming the first problem when none does."""
+    folder = run / CKPT_DIR
+    steps = sorted((p for p in folder.glob("step_*.pt") if _STEP_FILE.match(p.name)), reverse=True)
+    problems = []
+    for path in [folder / LATEST, *steps]:
+        try:
+            state = load_checkpoint(path)
+        except DelitError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            log.warning("%s; resuming from %s (step %s)", problems[0], path, state["step"])
+        return state
+    raise DelitError(problems[0])
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a training checkpoint (weights only); ``DelitError`` when unusable."""
     if not path.is_file():
@@ -82,7 +103,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DelitError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise DelitError(f"{path}: not a delit training checkpoint (a {type(state).__name__})")
     missing = {"heads", "optimizer", "scheduler", "step", "rng"} - set(state)
     if missing:
         raise DelitError(f"{path}: not a delit training checkpoint (missing {sorted(missing)})")
+    bad = [k for k, v in state["heads"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise DelitError(f"{path}: heads weights hold NaN or Inf (e.g. {bad[0]})")
     return state

@@ -8,6 +8,8 @@ policy ``train.checkpointing``'s. Multi-process (DDP): launch with torchrun or
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -82,6 +84,8 @@ class Trainer:
         self.total_steps = self.cfg.steps or self.cfg.epochs * self.schedule.steps_per_epoch
         self.writer = None
         self.last_val: dict[str, float] = {}
+        self.last_saved = 0  # step of the newest checkpoint (0: none yet)
+        self.stop_signal: int | None = None  # SIGTERM/SIGINT received (single process)
 
     # -- setup ------------------------------------------------------------------------
     def _build(self) -> None:
@@ -98,6 +102,8 @@ class Trainer:
         self.step = 0
         if self.opts.resume:
             self.step = restore_training_state(self.opts.out, self.heads, self.opt, self.sched)
+        self.last_saved = self.step
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)
         self.model: nn.Module = self.heads
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -132,6 +138,7 @@ class Trainer:
             losses["grad_norm"] = nn.utils.clip_grad_norm_(
                 self.heads.parameters(), self.cfg.grad_clip
             )
+        self.finite &= torch.isfinite(losses["total"].detach())  # checked without a sync
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -171,8 +178,28 @@ class Trainer:
         return {k: float(v / total[-1]) for k, v in zip(names, total[:-1], strict=True)}
 
     # -- outputs ----------------------------------------------------------------------
+    def check_finite(self) -> None:
+        """``DelitError`` when a loss since the last check or a weight is NaN/Inf (all ranks
+        agree: the flag is reduced; DDP keeps the weights equal). The last checkpoint stays."""
+        weights_ok = all(bool(p.isfinite().all()) for p in self.heads.parameters())
+        finite = float(all_reduce_mean(self.finite.float())) == 1.0
+        if finite and weights_ok:
+            return
+        what = "weights" if finite else "loss"
+        kept = (
+            f"the last good checkpoint is step {self.last_saved} ({self.opts.out / 'checkpoints'})"
+            if self.last_saved
+            else "no checkpoint was written"
+        )
+        raise DelitError(
+            f"{self.opts.out}: the {what} became NaN or Inf by step {self.step}; stopped, "
+            f"{kept} (try a lower --lr or grad_clip)"
+        )
+
     def save(self) -> None:
-        """Checkpoint (rank 0 writes; all ranks wait)."""
+        """Checkpoint (rank 0 writes; all ranks wait) after checking the weights are finite."""
+        self.check_finite()
+        self.last_saved = self.step
         if self.info.is_main:
             state = training_state(self.heads, self.opt, self.sched, self.step, self.cfg)
             save_checkpoint(self.opts.out, state, self.step, self.cfg.keep_last)
@@ -188,6 +215,7 @@ class Trainer:
         cfg = self.cfg
         last = self.step == self.total_steps
         if self.step % cfg.log_every == 0 or last:
+            self.check_finite()
             reduced = {k: float(all_reduce_mean(v.float())) for k, v in sorted(losses.items())}
             self._log("train", reduced)
             self._log("train", {"lr": self.sched.get_last_lr()[0]})
@@ -197,6 +225,37 @@ class Trainer:
             self._log("val", self.last_val)
         if is_checkpoint_step(self.step, self.total_steps, cfg):
             self.save()
+
+    @contextlib.contextmanager
+    def _checkpoint_on_signals(self):
+        """Single process, main thread: SIGTERM/SIGINT end the run after the current step with
+        a checkpoint (under DDP the ranks could not agree on the step: default handling)."""
+        if self.info.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signums = (signal.SIGTERM, signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in signums}
+
+        def note(signum, _frame):
+            self.stop_signal = signum
+
+        for s in signums:
+            signal.signal(s, note)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_on_signal(self) -> None:
+        name = signal.Signals(self.stop_signal).name
+        if self.last_saved != self.step:
+            self.save()
+        log.warning(
+            "%s: %s after step %d; checkpoint written, continue with --resume",
+            self.opts.out, name, self.step,
+        )  # fmt: skip
+        raise SystemExit(128 + self.stop_signal)
 
     def run(self) -> DelitHeads:
         """Train to ``total_steps``; write heads.safetensors; return the (unwrapped) heads."""
@@ -208,11 +267,14 @@ class Trainer:
             unit="step",
             enabled=self.opts.progress and self.info.is_main,
         )
-        while self.step < self.total_steps:
-            losses = self._train_step()
-            bar.update(1)
-            self._after_step(losses, bar)
-            fault_point("train.step", self.step)
+        with self._checkpoint_on_signals():
+            while self.step < self.total_steps:
+                losses = self._train_step()
+                bar.update(1)
+                self._after_step(losses, bar)
+                fault_point("train.step", self.step)
+                if self.stop_signal is not None:
+                    self._stop_on_signal()
         bar.close()
         if self.info.is_main:
             write_final_heads(self.heads, self.opts.out, self.cache, self.step)

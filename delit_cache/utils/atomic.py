@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temp file in the target folder, then rename into place.
 
 A reader never sees a half-written file, and an interrupted write leaves only the old file
-(or nothing) behind.
+(or nothing) behind. The file gets the permissions a plain write would give it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: the existing file's, else 0666 less the umask
+    (``mkstemp`` makes 0600 files)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -28,6 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _new_file_mode(path))
     try:
         yield tmp_path
         os.replace(tmp_path, path)

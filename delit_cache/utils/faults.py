@@ -1,8 +1,8 @@
 """Fault injection for the crash/resume tests, read from one environment variable.
 
 ``DELIT_FAULT=<point>:<count>:<action>`` makes the named point fail when it is reached with
-that count: ``kill`` sends this process SIGKILL (a hard crash), ``raise`` raises
-``InjectedFault``. Points: ``train.step`` (after step N and its checkpoint policy),
+that count: ``kill`` sends this process SIGKILL (a hard crash), ``term`` sends it SIGTERM
+(a polite stop), ``raise`` raises ``InjectedFault``. Points: ``train.step`` (after step N and its checkpoint policy),
 ``encode.block`` (after the N-th block of this call is written). Unset: nothing happens.
 """
 
@@ -14,7 +14,7 @@ import signal
 from delit_cache.utils.errors import DelitError
 
 FAULT_ENV = "DELIT_FAULT"
-ACTIONS = ("kill", "raise")
+ACTIONS = ("kill", "term", "raise")
 
 
 class InjectedFault(RuntimeError):
@@ -24,7 +24,7 @@ class InjectedFault(RuntimeError):
 def _parse(spec: str) -> tuple[str, int, str]:
     parts = spec.split(":")
     if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ACTIONS:
-        raise DelitError(f"{FAULT_ENV}={spec!r}: expected <point>:<count>:kill|raise")
+        raise DelitError(f"{FAULT_ENV}={spec!r}: expected <point>:<count>:kill|term|raise")
     return parts[0], int(parts[1]), parts[2]
 
 
@@ -38,4 +38,7 @@ def fault_point(point: str, count: int) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise InjectedFault(f"{FAULT_ENV}: injected fault at {point} {count}")

@@ -1,0 +1,202 @@
+"""Hostile inputs (issue 13): usage errors, non-finite numbers, damaged checkpoints, paths."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from test_train import make_random_cache, write_config
+
+from cli.app import main
+from delit_cache.models import DelitConfig, create_heads
+from delit_cache.models.pretrained import save_heads
+from delit_cache.train import trainer as trainer_mod
+from delit_cache.utils.atomic import write_json
+from delit_cache.utils.faults import FAULT_ENV
+
+SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nope"],
+        ["infer"],
+        ["infer", "--batch-size", "abc", "x.png"],
+        ["infer", "--batch-size", "0", "--out", "o", "x.png"],
+        ["eval", "--batch-size", "0"],
+        ["train-heads", "--bogus"],
+        ["encode", "--size", "1.5"],
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, capsys):
+    assert main(args) == 2
+    _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-inf"])
+def test_non_finite_lr_is_refused(lr, tmp_path, capsys):
+    args = ["train-heads", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r")]
+    assert main([*args, "--config", "tiny", "--lr", lr]) == 2
+    assert "lr must be" in _one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hostile") / "cache.zarr"
+    make_random_cache(path)
+    return path
+
+
+def _train(cache_path, run, config, *extra) -> int:
+    args = ["train-heads", "--cache", str(cache_path), "--out", str(run), "--config", config]
+    return main([*args, "--no-progress", *extra])
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, cache_path, monkeypatch, capsys
+):
+    config = write_config(tmp_path / "c.yaml", batch_size=2, ckpt_every=2, log_every=1)
+    real = trainer_mod.compute_losses
+    calls = []
+
+    def nan_from_call_4(*args, **kwargs):
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        if len(calls) >= 4:
+            losses["total"] = losses["total"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer_mod, "compute_losses", nan_from_call_4)
+    assert _train(cache_path, tmp_path / "run", config, "--steps", "6") == 2
+    err = _one_error_line(capsys)
+    assert "NaN or Inf by step 4" in err and "last good checkpoint is step 2" in err
+    state = torch.load(tmp_path / "run/checkpoints/latest.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(v.isfinite().all() for v in state["heads"].values())
+    assert not (tmp_path / "run" / "heads.safetensors").exists()
+
+
+def test_damaged_latest_falls_back_to_newest_intact_step(tmp_path, cache_path, capsys):
+    config = write_config(tmp_path / "c.yaml", batch_size=2, ckpt_every=2, keep_last=3)
+    run = tmp_path / "run"
+    assert _train(cache_path, run, config, "--steps", "4") == 0
+    ckpts = run / "checkpoints"
+    (ckpts / "latest.pt").write_bytes((ckpts / "latest.pt").read_bytes()[:100])  # truncated
+    (ckpts / "step_000004.pt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert _train(cache_path, run, config, "--steps", "6", "--resume") == 0
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.err and "step_000002.pt (step 2)" in captured.err
+    assert "6 steps done" in captured.out
+    (ckpts / "latest.pt").unlink()  # missing latest: the newest step file
+    assert _train(cache_path, run, config, "--steps", "7", "--resume") == 0
+    assert "step_000006.pt (step 6)" in capsys.readouterr().err
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, cache_path):
+    config = write_config(tmp_path / "c.yaml", batch_size=2, ckpt_every=100)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cli", "train-heads", "--cache", str(cache_path)]
+    cmd += ["--out", str(run), "--config", config, "--steps", "5", "--no-progress"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", FAULT_ENV: "train.step:3:term"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 128 + 15, done.stderr[-2000:]
+    assert "SIGTERM after step 3" in done.stderr
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 3
+
+
+def test_heads_with_nan_weights_are_refused_by_infer_and_eval(tmp_path, capsys):
+    path = save_heads(create_heads(SMALL, seed=0), tmp_path / "heads.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name][...] = float("nan")
+    save_file(tensors, str(path), metadata=metadata)
+    photo = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(photo)
+    args = ["--checkpoint", str(path), "--vae", "demo", "--device", "cpu"]
+    assert main(["infer", *args, "--out", str(tmp_path / "o"), str(photo)]) == 2
+    assert "NaN or Inf" in _one_error_line(capsys)
+    tarfile.open(tmp_path / "shard-000000.tar", "w").close()
+    assert main(["eval", *args, "--data", str(tmp_path / "shard-000000.tar")]) == 2
+    assert "NaN or Inf" in _one_error_line(capsys)
+
+
+def test_infer_reports_nan_outputs_instead_of_writing_them(tmp_path, monkeypatch):
+    from delit_cache.infer.delighter import Delighter, DelitResult, RunSummary
+
+    class Bar:
+        def write(self, *args, **kwargs):
+            pass
+
+    res = DelitResult(flat=np.full((4, 4, 3), np.nan, np.float32), env=np.ones((2, 4, 3)))
+    summary = RunSummary()
+    Delighter._write(tmp_path / "x.png", res, tmp_path / "x", summary, Bar())
+    assert summary.failed and "NaN or Inf" in summary.failed[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_infer_out_equal_to_input_folder_skips_its_own_outputs(tmp_path):
+    from delit_cache.infer.delighter import collect_inputs, is_own_output
+
+    for name in ("face.png", "face_flat.png", "face_env.png"):
+        (tmp_path / name).write_bytes(b"")
+    paths, _ = collect_inputs([tmp_path])
+    kept = [p.name for p in paths if not is_own_output(p, tmp_path)]
+    assert kept == ["face.png"]
+
+
+def test_atomic_writes_keep_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o640)
+    write_json(path, {"x": 2})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_output_under_a_regular_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["synth", "--out", str(blocker / "shards"), "--n", "1", "--size", "32"]) == 2
+    assert "file" in _one_error_line(capsys)
+
+
+def test_named_configs_are_found(tmp_path):
+    from delit_cache.train.config import resolve_config_path
+
+    for name in ("tiny", "demo", "default", "demo-heads"):
+        assert yaml.safe_load(resolve_config_path(name).read_text())
+
+
+def test_pack_names_the_clashing_stems(tmp_path, capsys):
+    from test_pack_check import _layout
+
+    src = _layout(tmp_path / "src", stems=("x.y", "x_y"))
+    assert main(["pack", str(src), "--out", str(tmp_path / "shards")]) == 2
+    err = _one_error_line(capsys)
+    assert "'x.y' and 'x_y' both become the key 'x_y'" in err and "data check" not in err
