@@ -117,7 +117,6 @@ def train_heads_cmd(
     progress: ProgressOption = True,
 ) -> None:
     """Train the delit heads on a latent cache (no VAE needed); DDP under torchrun."""
-    from delit_cache.cache.store import LatentCache
     from delit_cache.train.distributed import dist_info
     from delit_cache.train.trainer import RunOptions, train_heads
 
@@ -133,7 +132,6 @@ def train_heads_cmd(
     opts = RunOptions(
         cache=cache, out=out, config=config, overrides=overrides, resume=resume, progress=progress
     )
-    LatentCache(cache).verify()  # refuse a damaged cache before training
     trainer = train_heads(opts)
     if dist_info().is_main:
         val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(trainer.last_val.items()))

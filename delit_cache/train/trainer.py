@@ -70,6 +70,7 @@ class Trainer:
         self.info = dist_info()
         self.cfg = resolve_run_config(opts)
         self.cache = LatentCache(opts.cache)
+        self.cache.verify()  # refuse a damaged cache before training
         if len(self.cache) == 0:
             raise DelitError(f"{opts.cache}: the cache holds no finished samples")
         self.train_idx, self.val_idx = self.cache.split(self.cfg.val_fraction, self.cfg.seed)
