@@ -265,6 +265,11 @@ class LightingOptions:
     gain_stops: float = 1.0  # HDRI exposure drawn from 2**U(-gain_stops, gain_stops)
 
 
+def _draw_kind(rng: np.random.Generator) -> str:
+    """A procedural kind drawn by ``KIND_WEIGHTS``."""
+    return str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+
+
 def _tint(rng: np.random.Generator) -> torch.Tensor:
     """A white-balance tint ``[3]`` relative to 6500 K (luminance 1)."""
     return kelvin_rgb(float(rng.uniform(2700, 10000))) / kelvin_rgb(6500.0)
@@ -292,11 +297,11 @@ def sample_env(
         env = rotate_env(_load_hdri(str(path)), rot) * gain
         meta = {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3), "env_gain": gain}
     else:
-        kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+        kind = _draw_kind(rng)
         env = procedural_env(kind, rng)
         meta = {"env_source": f"procedural:{kind}", "env_rotation": 0.0, "env_gain": 1.0}
     if rng.uniform() < options.p_mix:
-        kind = str(rng.choice(KINDS, p=np.array(KIND_WEIGHTS) / sum(KIND_WEIGHTS)))
+        kind = _draw_kind(rng)
         extra = procedural_env(kind, rng)
         share = float(rng.uniform(0.05, 0.6))
         env = env + extra * (share * _energy(env) / max(_energy(extra), 1e-12))
