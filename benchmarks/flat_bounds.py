@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from delit_cache.data.imageio import linear_to_srgb, srgb_to_linear
 from delit_cache.data.shards import iter_samples
-from delit_cache.evaluate.metrics import flat_psnr_ssim
+from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.utils.machine import device_name
 from delit_cache.vae import load_wan_vae
 

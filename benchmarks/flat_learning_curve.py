@@ -27,7 +27,7 @@ import torch
 
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import iter_samples
-from delit_cache.evaluate.metrics import flat_psnr_ssim
+from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.models import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import standardised_flat_loss

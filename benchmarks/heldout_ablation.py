@@ -27,9 +27,10 @@ import yaml
 
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import iter_samples
-from delit_cache.evaluate.metrics import flat_psnr_ssim, sphere_metrics
+from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import load_env
+from delit_cache.lighting.sphere_metrics import sphere_metrics
 from delit_cache.models.pretrained import load_heads
 from delit_cache.train.trainer import RunOptions, train_heads
 from delit_cache.utils.errors import DelitError

@@ -59,7 +59,7 @@ def envmetrics(
     if protocol not in PROTOCOLS:
         raise DelitError(f"--protocol {protocol}: must be one of {', '.join(PROTOCOLS)}")
     if protocol == "delit":
-        from delit_cache.evaluate.metrics import sphere_metrics
+        from delit_cache.lighting.sphere_metrics import sphere_metrics
 
         scores = sphere_metrics(load_env(pred), load_env(gt))
         typer.echo(_format_table(scores))

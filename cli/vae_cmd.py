@@ -95,7 +95,7 @@ def run_vae_check(
     """
     import torch
 
-    from delit_cache.evaluate.metrics import psnr
+    from delit_cache.evaluate.image_metrics import psnr
     from delit_cache.vae import load_wan_vae
     from delit_cache.vae.testimage import synthetic_test_image
 

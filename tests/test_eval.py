@@ -158,7 +158,7 @@ def test_eval_table_is_aligned(eval_json):
 
 
 def test_baseline_input_as_flat_matches_direct_computation(eval_json, stored):
-    from delit_cache.evaluate.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 
     _, data, _, _ = eval_json
     scores = [flat_psnr_ssim(s["relit"], s["flat"]) for s in stored]
@@ -169,7 +169,7 @@ def test_baseline_input_as_flat_matches_direct_computation(eval_json, stored):
 
 
 def test_untrained_flat_output_is_the_input_through_the_codec(eval_json, stored, tiny_vae):
-    from delit_cache.evaluate.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 
     _, data, _, _ = eval_json
     relit = torch.stack([s["relit"] for s in stored])
@@ -190,7 +190,7 @@ def test_evaluate_mean_env_baseline_matches_sphere_metrics(samples, tiny_vae):
     """The given mean env is the baseline; its scores equal ``sphere_metrics`` computed
     directly, and the true env of a sample as the 'mean' scores perfectly on that sample."""
     from delit_cache.evaluate.evaluate import evaluate
-    from delit_cache.evaluate.metrics import sphere_metrics
+    from delit_cache.lighting.sphere_metrics import sphere_metrics
 
     model, _ = create_model_and_transforms(tiny_vae, create_heads(SMALL, seed=0), image_size=SIZE)
     mean = samples[1]["env"]

@@ -3,8 +3,9 @@
 For every sample (relit photo, true flat-lit image, true env map) this measures
 
 * the model: flat-lit PSNR / SSIM (per-channel least-squares scale fitted to the truth, see
-  ``delit_cache.evaluate.metrics.flat_psnr_ssim``), and the three-sphere env metrics (diffuse, matte
-  silver, mirror: si-RMSE, angular error, nRMSE) plus the brightest-light direction error;
+  ``evaluate.image_metrics.flat_psnr_ssim``), and the three-sphere env metrics (diffuse,
+  matte silver, mirror: si-RMSE, angular error, nRMSE) plus the brightest-light direction
+  error (``lighting.sphere_metrics``);
 * the codec ceiling: PSNR of ``decode(encode(true flat))`` against the true flat image, the
   best any flat latent decoded by the frozen Wan decoder could do;
 * two free baselines: the input photo taken as the flat-lit image, and the mean env map
@@ -112,7 +113,7 @@ def _model_inputs(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
 
 def _score_flat(means: _Means, name: str, pred: list, gt: list) -> None:
     """Per-sample scale-fitted PSNR/SSIM of ``pred`` against ``gt`` ([3,h,w] each) into means."""
-    from delit_cache.evaluate.metrics import flat_psnr_ssim
+    from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 
     for p, g in zip(pred, gt, strict=True):
         psnr, ssim = flat_psnr_ssim(p, g)
@@ -137,7 +138,7 @@ class _EnvScorer:
     def score(self, means: _Means, prefix: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
         """Add per-sample scores of ``pred`` ([B,3,h,w], or [3,h,w] for every sample) against
         ``gt`` [B,3,h,w] to ``means`` under ``prefix``."""
-        from delit_cache.evaluate.metrics import sphere_errors
+        from delit_cache.lighting.sphere_metrics import sphere_errors
 
         b = gt.shape[0]
         gt = gt.float().to(self.device)

@@ -1,8 +1,8 @@
 """EnvMapNet's dominant-light direction error (Somanath & Kurz, CVPR 2021), as the DiffusionLight
 evaluation scores it (``envmapnet/compute_directional_error.py``), written for delit.
 
-Not the same measure as ``evaluate.metrics.light_direction_error_deg`` (delit's own: the angle
-between the single brightest light of each map). Here each map yields up to 15 light blobs:
+Not the same measure as ``sphere_metrics.light_direction_error_deg`` (delit's own: the
+angle between the single brightest light of each map). Here each map yields up to 15 light blobs:
 
 1. ``G``: the reference script's grey image. Its loop meant a luminance but keeps only the
    last term, ``0.0722 * blue``; the detection below is scale-free, so this is the blue

@@ -1,31 +1,19 @@
-"""Lighting and flat-lit image metrics (torch; differentiable where it makes sense).
+"""Env-map scores of delit's three-sphere protocol (torch; differentiable where it helps).
 
-Env maps are scored with the three-sphere protocol (see shared/notes/lighting-eval.md).
-As in the StyleLight / DiffusionLight evaluation code, each map (resampled to 128x256) is
-first tone-mapped with ``protocol_tonemap``: ``x ** (1/2.4)``, then scaled so that the median
-of its non-zero values is 0.5, not clipped. This removes the exposure ambiguity and keeps a
-sun from dominating every score (pass ``tonemap=False`` to score raw linear renders). Both
-maps are then rendered with ``render.render_spheres`` (diffuse, matte silver, mirror;
-128 px) and compared over the sphere mask with
+Each map (resampled to 128x256) is tone-mapped with ``protocol_tonemap`` (``x ** (1/2.4)``,
+median non-zero value scaled to 0.5, not clipped, as in the StyleLight / DiffusionLight
+evaluation code; ``tonemap=False`` scores raw linear renders), rendered with
+``render.render_spheres`` (diffuse, matte silver, mirror; 128 px), and the renders are
+compared over the sphere mask with
 
-- ``si_rmse``: RMSE after the one scalar scale (over all channels and pixels) that minimises
-  it, ``s = <p, g> / <p, p>`` (closed form);
-- ``angular_error_deg``: mean over pixels of the angle between the predicted and true RGB
-  vectors, in degrees (pixels where either vector is black count as 0 if both are black,
-  90 degrees otherwise);
-- ``nrmse``: RMSE after mapping EACH image by its OWN 0.1 and 99.9 percentiles (over the
-  masked pixels, all channels pooled) to 0 and 1, the common protocol.
+- ``si_rmse``: RMSE after the one least-squares scalar scale ``s = <p, g> / <p, p>``;
+- ``angular_error_deg``: mean angle between predicted and true RGB vectors, in degrees
+  (a pixel black in both counts 0, black in one 90);
+- ``nrmse``: RMSE after mapping each image by its own 0.1 and 99.9 percentiles to 0 and 1;
 
-plus ``light_direction_error_deg``: the angle between the directions of the brightest light
-in the two maps (see ``brightest_direction``).
-
-Flat-lit images: ``flat_psnr_ssim`` after a per-channel least-squares scale of the prediction
-onto the ground truth (albedo/intensity ambiguity), clipped to [0, 1]; SSIM is the Wang et
-al. (2004) gaussian-window SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03, valid window, per
-channel, averaged), written here (no extra dependency).
-
-Torch functions take ``[B,3,H,W]`` (or ``[3,H,W]``) and return per-image ``[B]`` tensors;
-``sphere_metrics`` and ``flat_psnr_ssim`` return python floats averaged over the batch.
+plus ``light_direction_error_deg``, the angle between the brightest lights of the two maps.
+Functions take ``[B,3,H,W]`` (or ``[3,H,W]``) and return per-image ``[B]`` tensors;
+``sphere_metrics`` returns python floats averaged over the batch.
 """
 
 from __future__ import annotations
@@ -48,10 +36,11 @@ SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_SIZE = 128
 LIGHT_CONE_DEG = 10.0  # centroid window around the blurred argmax
 TONEMAP_MEDIAN = 0.5  # protocol_tonemap maps the median non-zero value here
-_EPS = 1e-12
+_EPS = 1e-12  # floor of denominators
 
 
-def _b4(x: torch.Tensor) -> torch.Tensor:
+def _as_batch(x: torch.Tensor) -> torch.Tensor:
+    """``[C,H,W]`` or ``[B,C,H,W]`` -> float ``[B,C,H,W]``; raises ValueError otherwise."""
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
@@ -61,7 +50,7 @@ def _b4(x: torch.Tensor) -> torch.Tensor:
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``[B,C,H,W]`` -> ``[B,C,P]`` of the pixels inside ``mask [H,W]`` (all if None)."""
-    x = _b4(x)
+    x = _as_batch(x)
     return x.flatten(2) if mask is None else x[:, :, mask.to(x.device).bool()]
 
 
@@ -213,68 +202,3 @@ def sphere_loss(pred_env: torch.Tensor, gt_env: torch.Tensor) -> torch.Tensor:
         for n in SPHERES
     ]
     return torch.stack(terms).mean()
-
-
-# ----------------------------------------------------------------------------- flat-lit
-
-
-def fit_channel_scale(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-image, per-channel least-squares scale ``s = <p,g>/<p,p>`` applied to ``pred``."""
-    p, g = _b4(pred), _b4(gt)
-    s = (p * g).sum(dim=(2, 3), keepdim=True) / (p * p).sum(dim=(2, 3), keepdim=True).clamp_min(
-        _EPS
-    )
-    return p * s
-
-
-def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB per image -> ``[B]`` (capped at 100 dB for identical images)."""
-    mse = ((_b4(pred) - _b4(gt)) ** 2).mean(dim=(1, 2, 3))
-    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-10))).clamp_max(100.0)
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Gaussian-window SSIM (Wang et al. 2004; 11x11, sigma 1.5, K1 .01, K2 .03) -> ``[B]``.
-
-    Computed per channel over valid windows (no padding) and averaged; images must be at
-    least 11x11. Differentiable.
-    """
-    p, g = _b4(pred), _b4(gt)
-    c = p.shape[1]
-    if min(p.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11, got {tuple(p.shape[-2:])}")
-    win = _gaussian_window(device=p.device)
-    wx = win.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    wy = win.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, wx, groups=c), wy, groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_p, mu_g = blur(p), blur(g)
-    var_p = blur(p * p) - mu_p**2
-    var_g = blur(g * g) - mu_g**2
-    cov = blur(p * g) - mu_p * mu_g
-    num = (2 * mu_p * mu_g + c1) * (2 * cov + c2)
-    den = (mu_p**2 + mu_g**2 + c1) * (var_p + var_g + c2)
-    return (num / den).mean(dim=(1, 2, 3))
-
-
-def flat_psnr_ssim(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of flat-lit images in [0,1] ``[B,3,H,W]`` / ``[3,H,W]``, batch means.
-
-    The prediction is first scaled per channel by least squares onto the ground truth, then
-    clipped to [0, 1].
-    """
-    p, g = _b4(pred), _b4(gt)
-    if p.shape != g.shape:
-        raise ValueError(f"shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
-    with torch.no_grad():
-        fitted = fit_channel_scale(p, g).clamp(0.0, 1.0)
-        return float(psnr(fitted, g).mean()), float(ssim(fitted, g).mean())
