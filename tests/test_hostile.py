@@ -143,18 +143,21 @@ def test_heads_with_nan_weights_are_refused_by_infer_and_eval(tmp_path, capsys):
     assert "NaN or Inf" in _one_error_line(capsys)
 
 
-def test_infer_reports_nan_outputs_instead_of_writing_them(tmp_path, monkeypatch):
-    from delit_cache.infer.delighter import Delighter, DelitResult, RunSummary
+def test_infer_reports_nan_outputs_instead_of_writing_them(tmp_path, monkeypatch, caplog):
+    from PIL import Image
 
-    class Bar:
-        def write(self, *args, **kwargs):
-            pass
+    from delit_cache.infer.delighter import Delighter, DelitResult
 
-    res = DelitResult(flat=np.full((4, 4, 3), np.nan, np.float32), env=np.ones((2, 4, 3)))
-    summary = RunSummary()
-    Delighter._write(tmp_path / "x.png", res, tmp_path / "x", summary, Bar())
-    assert summary.failed and "NaN or Inf" in summary.failed[0]
-    assert not list(tmp_path.iterdir())
+    photo = tmp_path / "in" / "x.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (16, 16)).save(photo)
+    nan = DelitResult(flat=np.full((4, 4, 3), np.nan, np.float32), env=np.ones((2, 4, 3)))
+    monkeypatch.setattr(Delighter, "predict", lambda self, images: [nan] * len(images))
+    delighter = Delighter(torch.nn.Identity(), None, torch.device("cpu"))
+    summary = delighter.run([photo], tmp_path / "out", progress=False)
+    assert summary.failed and "NaN or Inf" in summary.failed[0] and not summary.written
+    assert not list((tmp_path / "out").iterdir())
+    assert [r.getMessage() for r in caplog.records] == [f"error: {summary.failed[0]}"]
 
 
 def test_infer_out_equal_to_input_folder_skips_its_own_outputs(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,12 @@ from cli.app import load_commands, main
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.faults import FAULT_ENV, InjectedFault, fault_point
+from delit_cache.utils.logs import (
+    configure_logging,
+    get_logger,
+    logging_beside_bars,
+    progress_bar,
+)
 
 
 def test_device_names():
@@ -113,3 +121,33 @@ def test_verbosity_flags_set_the_delit_logger(capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
     assert main(["envshow", "--help"]) == 0
     assert logger.level == logging.INFO
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bars_draw_on_a_terminal_stderr_only(monkeypatch, capsys, terminal):
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    bar = progress_bar(total=2, unit="img")
+    bar.update(2)
+    bar.close()
+    assert ("2/2" in err.getvalue()) is terminal
+    assert capsys.readouterr().out == ""
+
+
+def test_log_lines_beside_a_bar_are_whole_lines(monkeypatch):
+    err = _Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    configure_logging()
+    bar = progress_bar(total=2, unit="img")
+    with logging_beside_bars():
+        bar.update(1)
+        get_logger("delit_cache.infer.delighter").error("error: %s", "x.png: unreadable")
+        bar.update(1)
+    bar.close()
+    lines = err.getvalue().replace("\r", "\n").splitlines()
+    assert "error: x.png: unreadable" in lines

@@ -11,7 +11,6 @@ image of the same size and a 128 x 256 linear-HDR env map out, in batches.
 from __future__ import annotations
 
 import importlib.resources
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from delit_cache.models import (
 from delit_cache.models.pretrained import heads_metadata, heads_weights_path, load_heads
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
-from delit_cache.utils.logs import get_logger, progress_bar
+from delit_cache.utils.logs import get_logger, logging_beside_bars, progress_bar
 
 log = get_logger(__name__)
 
@@ -368,25 +367,18 @@ class Delighter:
         out.mkdir(parents=True, exist_ok=True)
         names = output_names(paths)
         bar = progress_bar(total=len(paths), unit="img", enabled=progress)
-        for batch in _path_batches(paths, self.batch_size):
-            loaded = self._load_batch(batch, summary, bar)
-            if loaded:
-                results = self.predict([im for _, im in loaded])
-                for (path, _), res in zip(loaded, results, strict=True):
-                    self._write(path, res, out / names[path], summary, bar)
-            bar.update(len(batch))
+        with logging_beside_bars():
+            for batch in _path_batches(paths, self.batch_size):
+                loaded = self._load_batch(batch, summary)
+                if loaded:
+                    results = self.predict([im for _, im in loaded])
+                    for (path, _), res in zip(loaded, results, strict=True):
+                        _write_checked(path, res, out / names[path], summary)
+                bar.update(len(batch))
         bar.close()
         return summary
 
-    @staticmethod
-    def _write(path: Path, res: DelitResult, stem: Path, summary: RunSummary, bar) -> None:
-        if np.isfinite(res.flat).all() and np.isfinite(res.env).all():
-            summary.written[path] = write_result(res, stem.parent, stem.name)
-            return
-        summary.failed.append(f"{path}: the model returned NaN or Inf; nothing written")
-        bar.write(f"error: {summary.failed[-1]}", file=sys.stderr)
-
-    def _load_batch(self, batch: Sequence[Path], summary: RunSummary, bar) -> list:
+    def _load_batch(self, batch: Sequence[Path], summary: RunSummary) -> list:
         from delit_cache.data.imageio import read_ldr
 
         loaded = []
@@ -395,8 +387,17 @@ class Delighter:
                 loaded.append((path, to_image_tensor(read_ldr(path))))
             except DelitError as exc:
                 summary.failed.append(str(exc))
-                bar.write(f"error: {exc}", file=sys.stderr)
+                log.error("error: %s", exc)
         return loaded
+
+
+def _write_checked(path: Path, res: DelitResult, stem: Path, summary: RunSummary) -> None:
+    """Write ``res`` for the photo ``path`` unless it holds NaN or Inf (then log it as failed)."""
+    if np.isfinite(res.flat).all() and np.isfinite(res.env).all():
+        summary.written[path] = write_result(res, stem.parent, stem.name)
+        return
+    summary.failed.append(f"{path}: the model returned NaN or Inf; nothing written")
+    log.error("error: %s", summary.failed[-1])
 
 
 OUTPUT_SUFFIXES = ("_flat.png", "_env.png")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 LOGGER_NAME = "delit"
 QUIET, NORMAL, VERBOSE = logging.WARNING, logging.INFO, logging.DEBUG
@@ -37,6 +40,13 @@ def progress_bar(total: int | None, unit: str, enabled: bool = True, **kwargs) -
         dynamic_ncols=True,
         **kwargs,
     )
+
+
+@contextmanager
+def logging_beside_bars() -> Iterator[None]:
+    """Within this block ``delit`` log lines are printed above any progress bar, not into it."""
+    with logging_redirect_tqdm(loggers=[logging.getLogger(LOGGER_NAME)]):
+        yield
 
 
 class _StderrHandler(logging.StreamHandler):
