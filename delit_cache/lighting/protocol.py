@@ -12,7 +12,7 @@ What the reference does (``shared/notes/lighting-eval.md``) and how this module 
    1920 x 1080 at 50 % (960 x 540), transparent film. The subdivided mesh lies on the limit
    surface of the control net, which shrinks a unit sphere by ``k = (4 + 2 cos(pi/16)) / 6``
    along each curved direction: an ellipsoid with horizontal semi-axes ``k**2`` and vertical
-   semi-axis ``k`` (the reference renders' alpha agrees: 139 x 140 px radii). The mask is
+   semi-axis ``k``. The mask is
    alpha > 0, alpha being the sphere's coverage under Cycles' 1.5 px Blackman-Harris pixel
    filter. Materials (Cycles 3.4 Principled BSDF, base colour 0.8, single-scatter GGX,
    alpha = roughness**2, Smith shadowing; Fresnel interpolated from the base colour (metals)
@@ -38,7 +38,7 @@ What the reference does (``shared/notes/lighting-eval.md``) and how this module 
 
 Shading: the ``LIGHTS_K`` brightest pixels of the 128 x 256 map are shaded exactly at every
 mask pixel; the rest (area-averaged to 64 x 128) by quadrature at every ``STRIDE``-th pixel
-(the weights are a fixed matrix per material, built once per process, about 60 MB each) and
+(the weights are a fixed matrix per material, built once per process) and
 interpolated bilinearly. Not modelled: Cycles' depth of field (f/0.5 focused on the sphere
 centre: under 2 px of blur) and the pixel filter's blur inside the sphere. The agreement with
 the reference's own renders and scores is measured by ``benchmarks/reference_protocol.py``.

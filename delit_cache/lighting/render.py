@@ -7,28 +7,13 @@ returns ``[B,3,H,W]`` linear radiance (``B`` = the larger of the env and directi
 a batch of 1 broadcasts). Everything is differentiable with respect to the env map (and the
 albedo, roughness, specular weight).
 
-How it stays fast and exact (nothing is cached between calls):
-
-1. Maps larger than 128x256 are area-averaged to 128x256 (energy-preserving).
-2. The ``LIGHTS_K`` pixels with the most power (luminance x solid angle) are split off and
-   shaded exactly per pixel, as point lights at the pixel centres. These carry the sun or a
-   lamp, whose sharp terminator / highlight no interpolated map can reproduce.
-3. The rest (the residual) is area-averaged to 64x128 and convolved over the sphere with the
-   clamped-cosine (diffuse) or GGX (specular) kernel by exact quadrature. Because the kernel
-   depends only on the angle between two directions, the quadrature is a circular
-   convolution along azimuth: one FFT per row pair, which is cheap. The result lives on a
-   65x128 grid of normals (poles included) and is looked up bilinearly.
-
-Diffuse shading agrees with brute-force quadrature over the full 128x256 map within 2 %
-(max relative error over sphere pixels above 1 % of the peak: 0.2-1.6 % on the five HDRI
-fixtures, 0.02 % for a synthetic small bright light; tested). Specular uses the split-sum
-pre-filter (``n = v = r``) with GGX ``D``, alpha = roughness**2, weight
-``D(h) * max(r.l, 0)``, normalised by its closed-form integral; it agrees with brute force
-within about 2 % for roughness 0.2-1. Below roughness ~0.15 the lobe is narrower than a
-pixel of a 128x256 map and the result aliases (as brute force would): use ``mirror_lookup``.
-
-Cost (one CPU thread, 256x256 normals, 128x256 env): ``shade`` with a scalar roughness
-25-50 ms; with a per-pixel roughness map about 3x more (five pre-filter levels).
+Method: maps are area-averaged to at most 128x256; the ``LIGHTS_K`` most powerful pixels
+(a sun, a lamp) are shaded exactly as point lights, and the rest is convolved over the sphere
+at 64x128 with the clamped-cosine or GGX kernel (exact quadrature, one FFT along azimuth per
+row pair) onto a 65x128 grid of normals looked up bilinearly. Specular is the split-sum
+pre-filter (``n = v = r``, alpha = roughness**2). Tested against brute-force quadrature
+within 2 % (diffuse) and 3 % (specular, roughness 0.2-0.7); below roughness ~0.15 the lobe is
+narrower than a map pixel and aliases: use ``mirror_lookup``.
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ def nrmse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None
     return ((p - g) ** 2).mean(dim=(1, 2)).sqrt()
 
 
-def _blur_lum(env: torch.Tensor) -> torch.Tensor:
-    """Luminance ``[B,h,w]`` blurred by a 5-tap binomial twice (wraps in azimuth)."""
+def _blur_lum(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blurred, raw) luminance ``[B,h,w]``; the blur: a 5-tap binomial twice, wrapping in u."""
     lum = (env * torch.tensor([0.2126, 0.7152, 0.0722], device=env.device)[:, None, None]).sum(1)
     k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=env.device) / 16.0
     x = lum[:, None]

@@ -8,10 +8,8 @@ the query grid twice: a linear read-out of each query gives a coarse panorama (b
 upsampled), and wrap-around convolutions upsample the query grid into a residual detail
 map. The upsampler has no normalisation layers: a per-image constant (the overall
 brightness and colour of the lighting) must survive to the output. The output is the
-encoding of ``delit_cache.lighting.envcode``, linear (no squashing; the slope of a sigmoid at 0):
-targets lie in [0, 1] and the loss keeps predictions there, ``decode_env`` and
-``DelitModel.infer`` clamp. A sigmoid here let Adam push whole maps into saturation, where the
-gradient dies (measured: an 8-sample overfit stuck at an all-zero map).
+encoding of ``delit_cache.lighting.envcode``, linear rather than a sigmoid (whose saturation
+stops the gradient): targets lie in [0, 1], and ``decode_env`` and ``DelitModel.infer`` clamp.
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ class DelitHeads(nn.Module):
     Needs no VAE, so stage two trains straight from the latent cache. The heads first
     standardise the latent per channel with statistics of the training cache (buffers
     ``latent_mean`` / ``latent_std``, saved with the weights; identity until
-    ``set_latent_stats``): latents of different VAEs differ a lot in scale (a random narrow test
-    VAE's have a per-channel std near 0.07, the demo codec's near 1), and the heads should not
-    care. The flat residual is predicted in standardised units, so
+    ``set_latent_stats``), so that they see unit-scale inputs whatever the VAE's latent scale.
+    The flat residual is predicted in standardised units, so
     ``flat = relit + latent_std * delta``.
     """
 

@@ -1,4 +1,4 @@
-"""Everything that touches DiffSynth's Wan VAE code (imported lazily: ``diffsynth`` takes ~7 s).
+"""Everything that touches DiffSynth's Wan VAE code (imported lazily: ``diffsynth`` is slow to import).
 
 Only ``delit_cache.vae`` imports this module, and only inside functions.
 
