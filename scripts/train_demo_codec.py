@@ -31,7 +31,7 @@ from delit_cache.data.shards import expand_shards, iter_samples
 from delit_cache.evaluate.image_metrics import psnr
 from delit_cache.utils.machine import device_name
 from delit_cache.vae import WanVAE, new_wan_vae, save_codec
-from delit_cache.vae._diffsynth import decode_one_frame, encode_one_frame
+from delit_cache.vae.diffsynth_wan import decode_one_frame, encode_one_frame
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -90,7 +90,7 @@ def load_wan_vae(
     state = {k: v.clone() for k, v in state.items()}  # own memory, not a map of the file
     dim, z_dim = infer_dims(state, path)
     config = _codec_config(meta, dim, path)
-    from delit_cache.vae._diffsynth import build_videovae
+    from delit_cache.vae.diffsynth_wan import build_videovae
 
     model = build_videovae(dim, z_dim, device="meta")
     check_keys(state, {k: v.shape for k, v in model.state_dict().items()}, path)
@@ -120,7 +120,7 @@ def new_wan_vae(
 
     ``dim=96`` is the real architecture (random weights: for benchmarks, not images).
     """
-    from delit_cache.vae._diffsynth import build_videovae
+    from delit_cache.vae.diffsynth_wan import build_videovae
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

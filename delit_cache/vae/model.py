@@ -58,7 +58,7 @@ class WanVAE(nn.Module):
         fast_single_frame: bool = True,
     ) -> None:
         super().__init__()
-        from delit_cache.vae._diffsynth import fold_single_frame
+        from delit_cache.vae.diffsynth_wan import fold_single_frame
 
         mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
@@ -114,7 +114,7 @@ class WanVAE(nn.Module):
 
     @fast_single_frame.setter
     def fast_single_frame(self, enabled: bool) -> None:
-        from delit_cache.vae._diffsynth import fold_single_frame
+        from delit_cache.vae.diffsynth_wan import fold_single_frame
 
         fold_single_frame(self.model, bool(enabled))
         self._fast = bool(enabled)
@@ -130,7 +130,7 @@ class WanVAE(nn.Module):
             raise ValueError("compile_codec needs the single-frame fast path")
         if batch_size < 1:
             raise ValueError(f"compile_codec: batch_size must be >= 1, got {batch_size}")
-        from delit_cache.vae import _diffsynth as ds
+        from delit_cache.vae import diffsynth_wan as ds
 
         model = self.model
         self._compiled = {
@@ -146,7 +146,7 @@ class WanVAE(nn.Module):
 
     def _one_frame(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``encode_one_frame`` / ``decode_one_frame``, compiled in fixed chunks if asked."""
-        from delit_cache.vae import _diffsynth as ds
+        from delit_cache.vae import diffsynth_wan as ds
 
         fn = self._compiled.get(name)
         if fn is None:
@@ -182,7 +182,7 @@ class WanVAE(nn.Module):
         if (h * f, w * f) != (height, width):
             x = F.pad(x, (0, w * f - width, 0, h * f - height), mode="replicate")
         x = (x * 2.0 - 1.0).unsqueeze(2)
-        from delit_cache.vae import _diffsynth as ds
+        from delit_cache.vae import diffsynth_wan as ds
 
         mu = self._one_frame("encode", x) if self._fast else ds.encode_shipped(self.model, x)
         mu = mu[:, :, 0].float()
@@ -200,7 +200,7 @@ class WanVAE(nn.Module):
         _check_batch(latents, self.z_dim, "latents")
         z = latents.float() * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
         z = z.to(device=self.device, dtype=self.dtype).unsqueeze(2)
-        from delit_cache.vae import _diffsynth as ds
+        from delit_cache.vae import diffsynth_wan as ds
 
         out = self._one_frame("decode", z) if self._fast else ds.decode_shipped(self.model, z)
         images = (out[:, :, 0].float() + 1.0) * 0.5

@@ -1,6 +1,7 @@
-"""Everything that touches DiffSynth's Wan VAE code (imported lazily: ``diffsynth`` is slow to import).
+"""Everything that touches DiffSynth's Wan VAE code.
 
-Only ``delit_cache.vae`` imports this module, and only inside functions.
+Importing ``diffsynth`` is slow, so import this module only inside functions (as
+``delit_cache.vae`` does): ``import delit_cache.vae`` must not load it.
 
 The single-frame fold: every ``CausalConv3d`` pads ``kt - 1`` zero frames in front of its
 input (``kt`` = temporal kernel size). For a one-frame input without cached frames, the
