@@ -197,9 +197,9 @@ def test_named_configs_are_found(tmp_path):
 
 
 def test_pack_names_the_clashing_stems(tmp_path, capsys):
-    from test_pack_check import _layout
+    from test_pack_check import write_layout
 
-    src = _layout(tmp_path / "src", stems=("x.y", "x_y"))
+    src = write_layout(tmp_path / "src", stems=("x.y", "x_y"))
     assert main(["pack", str(src), "--out", str(tmp_path / "shards")]) == 2
     err = _one_error_line(capsys)
     assert "'x.y' and 'x_y' both become the key 'x_y'" in err and "data check" not in err

@@ -15,7 +15,7 @@ from delit_cache.data.imageio import write_exr
 from delit_cache.data.shards import ShardWriter, encode_sample, iter_samples
 
 
-def _layout(root, stems=("a", "b", "c"), hw=(16, 16)):
+def write_layout(root, stems=("a", "b", "c"), hw=(16, 16)):
     rng = np.random.default_rng(0)
     for d in ("relit", "flat", "env", "mask", "meta"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -30,7 +30,7 @@ def _layout(root, stems=("a", "b", "c"), hw=(16, 16)):
 
 
 def test_pack_then_check_clean(tmp_path, capsys):
-    src = _layout(tmp_path / "data")
+    src = write_layout(tmp_path / "data")
     assert main(["data", "check", str(src)]) == 0
     assert "3 samples, 0 problems" in capsys.readouterr().out
     assert main(["pack", str(src), "--out", str(tmp_path / "shards"), "--shard-size", "2"]) == 0
@@ -51,7 +51,7 @@ def test_pack_then_check_clean(tmp_path, capsys):
 
 
 def test_folder_problems_are_listed(tmp_path, capsys):
-    src = _layout(tmp_path / "data", stems=("ok", "nopartner", "small", "neg", "nan", "junk"))
+    src = write_layout(tmp_path / "data", stems=("ok", "nopartner", "small", "neg", "nan", "junk"))
     (src / "flat" / "nopartner.jpg").unlink()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "flat" / "small.jpg")
     write_exr(src / "env" / "neg.exr", np.full((8, 16, 3), -1.0, np.float32))
@@ -113,7 +113,7 @@ def test_check_bad_path_is_a_clean_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("shard_size", [0, -1])
 def test_pack_bad_shard_size(tmp_path, shard_size, capsys):
-    src = _layout(tmp_path / "data", stems=("a",))
+    src = write_layout(tmp_path / "data", stems=("a",))
     assert (
         main(["pack", str(src), "--out", str(tmp_path / "o"), "--shard-size", str(shard_size)]) == 2
     )
