@@ -2,7 +2,11 @@
 
 Runs the real training step (heads forward, all losses incl. rendered spheres, backward,
 grad clipping, AdamW + scheduler) on random normalised latents and random HDR env maps, and
-prints a table: device, config, batch, parameters, steps/s, samples/s, peak GPU memory.
+prints a table: device, config, batch, parameters, where the loss targets come from
+(``per-step``: encoded and rendered from the env maps at every step, the plain path;
+``once``: computed once before training, as ``delit train-heads`` does with the cache in
+memory), steps/s, samples/s, peak GPU memory. ``--out FILE`` also writes it as markdown
+with the date, machine, load and command.
 
     .venv/bin/python benchmarks/bench_train.py --config tiny --device cpu --batch-size 8
     .venv/bin/python benchmarks/bench_train.py --config default --device cuda \
@@ -12,14 +16,18 @@ prints a table: device, config, batch, parameters, steps/s, samples/s, peak GPU 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
-from delit_cache.train.losses import compute_losses
+from delit_cache.train.losses import compute_losses, loss_targets
 from delit_cache.train.optim import make_optimizer
 from delit_cache.utils.machine import device_name
 
@@ -37,6 +45,7 @@ def bench_one(
     precision: str,
     steps: int,
     warmup: int,
+    targets: str = "once",
 ) -> dict:
     """Time ``steps`` training steps after ``warmup``; return one result row."""
     cfg = load_config(config, {"batch_size": batch, "mixed_precision": precision, "steps": 10**6})
@@ -47,11 +56,14 @@ def bench_one(
     flat = torch.randn(batch, 16, latent, latent, generator=g).to(device)
     env = (torch.rand(batch, 3, 128, 256, generator=g) ** 4 * 50).to(device)
     autocast = precision == "bf16"
+    batch_data = {"flat_latent": flat, "env": env}
+    if targets == "once":
+        batch_data = {"flat_latent": flat, **loss_targets(env, cfg)}
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = heads(relit)
-        loss = compute_losses(out, flat, env, cfg)["total"]
+        loss = compute_losses(out, batch_data, cfg)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(heads.parameters(), cfg.grad_clip)
@@ -76,6 +88,7 @@ def bench_one(
         "batch": batch,
         "latent": latent,
         "precision": precision,
+        "targets": targets,
         "params_M": heads.num_parameters() / 1e6,
         "steps_s": steps / seconds,
         "samples_s": steps * batch / seconds,
@@ -83,16 +96,33 @@ def bench_one(
     }
 
 
-def print_table(device: torch.device, rows: list[dict]) -> None:
-    print(f"device: {device_name(device)}; torch {torch.__version__}")
-    header = f"{'config':>10} {'batch':>5} {'latent':>6} {'prec':>5} {'params M':>8} "
-    header += f"{'steps/s':>8} {'samples/s':>9} {'peak GiB':>8}"
-    print(header)
+COLUMNS = (
+    ("config", "{}"),
+    ("batch", "{}"),
+    ("latent", "{}"),
+    ("precision", "{}"),
+    ("targets", "{}"),
+    ("params_M", "{:.2f}"),
+    ("steps_s", "{:.2f}"),
+    ("samples_s", "{:.1f}"),
+    ("peak_GiB", "{:.2f}"),
+)
+
+
+def table(device: torch.device, rows: list[dict]) -> str:
+    """The results as a markdown table, headed by the machine, load and command."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {device_name(device)}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {load}",
+        f"command: python {' '.join(sys.argv)}",
+        "",
+        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
     for r in rows:
-        print(
-            f"{r['config']:>10} {r['batch']:>5} {r['latent']:>6} {r['precision']:>5} "
-            f"{r['params_M']:>8.2f} {r['steps_s']:>8.2f} {r['samples_s']:>9.1f} {r['peak_GiB']:>8.2f}"
-        )
+        lines.append("| " + " | ".join(fmt.format(r[name]) for name, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,18 +134,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed-precision", nargs="+", default=["no"], choices=["no", "bf16"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--targets", nargs="+", default=["per-step", "once"], choices=["per-step", "once"]
+    )
+    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rows = [
-        bench_one(c, device, b, args.latent_size, mp, args.steps, args.warmup)
+        bench_one(c, device, b, args.latent_size, mp, args.steps, args.warmup, t)
         for c in args.config
         for b in args.batch_size
         for mp in args.mixed_precision
+        for t in args.targets
     ]
-    print_table(device, rows)
+    text = table(device, rows)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ class DelitConfig:
     feature_channels: int = 32  # width of the shared feature map the two projections read
     extractor_width: int = 128  # hidden width of the feature extractor's residual blocks
     extractor_blocks: int = 6  # residual blocks in the feature extractor
+    global_context: bool = False  # extractor blocks scaled/shifted by the image's pooled features
     flat_width: int = 128  # hidden width of the flat projection
     env_channels: int = 16  # channels the env projection hands to the env decoder
     env_width: int = 128  # env decoder: width of the image-side encoder (16 -> 128)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from delit_cache.models.config import DelitConfig
-from delit_cache.models.layers import ResBlock, norm
+from delit_cache.models.layers import GlobalContext, ResBlock, norm
 
 
 class FeatureExtractor(nn.Module):
@@ -14,7 +14,12 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         width = cfg.extractor_width
         self.stem = nn.Conv2d(cfg.latent_channels, width, 3, padding=1)
-        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(cfg.extractor_blocks)])
+        blocks: list[nn.Module] = []
+        for _ in range(cfg.extractor_blocks):
+            blocks.append(ResBlock(width))
+            if cfg.global_context:
+                blocks.append(GlobalContext(width))
+        self.blocks = nn.Sequential(*blocks)
         self.out = nn.Sequential(
             norm(width), nn.SiLU(), nn.Conv2d(width, cfg.feature_channels, 3, padding=1)
         )

@@ -30,6 +30,24 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+class GlobalContext(nn.Module):
+    """Per-image scale and shift of a feature map from its spatial mean: the lighting is one
+    for the whole image, and a convolution alone only sees its receptive field. Starts as
+    the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, 2 * channels)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.mlp(x.mean(dim=(2, 3))).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+
 class PanoConv(nn.Module):
     """3x3 convolution for equirectangular maps: wraps around in longitude, replicates at the poles."""
 

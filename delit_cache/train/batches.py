@@ -8,6 +8,7 @@ uninterrupted one would. Under DDP each rank takes its slice of the global batch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +30,37 @@ def available_memory() -> int:
     return 0
 
 
-class CacheData:
-    """Samples ``indices`` of a cache, in memory (float32 tensors) or read per batch."""
+TargetFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
-    def __init__(self, cache: LatentCache, indices: list[int], in_memory: bool):
+
+class CacheData:
+    """Samples ``indices`` of a cache, in memory (float32 tensors) or read per batch.
+
+    ``targets`` maps a batch of env maps to the loss targets (``losses.loss_targets``): in
+    memory they are computed once at load (and the env maps dropped unless ``keep_env``), else
+    per batch on the batch's device. Batches hold the latents, the targets, and ``env`` when
+    kept."""
+
+    def __init__(
+        self,
+        cache: LatentCache,
+        indices: list[int],
+        in_memory: bool,
+        targets: TargetFn | None = None,
+        keep_env: bool = True,
+    ):
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = targets
+        self.keep_env = keep_env or targets is None
         self.arrays: dict[str, torch.Tensor] | None = None
         if in_memory:
-            self.arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in DATA_ARRAYS}
+            arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in DATA_ARRAYS}
+            if targets is not None:
+                arrays |= _in_chunks(targets, arrays["env"])
+                if not self.keep_env:
+                    del arrays["env"]
+            self.arrays = arrays
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -47,10 +70,21 @@ class CacheData:
         pos = torch.as_tensor(positions, dtype=torch.long)
         if self.arrays is not None:
             data = {n: a.index_select(0, pos) for n, a in self.arrays.items()}
-        else:
-            idx = self.indices[pos.numpy()]
-            data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in DATA_ARRAYS}
-        return {n: t.to(device, non_blocking=True) for n, t in data.items()}
+            return {n: t.to(device, non_blocking=True) for n, t in data.items()}
+        idx = self.indices[pos.numpy()]
+        data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in DATA_ARRAYS}
+        data = {n: t.to(device, non_blocking=True) for n, t in data.items()}
+        if self.targets is not None:
+            data |= self.targets(data["env"])
+            if not self.keep_env:
+                del data["env"]
+        return data
+
+
+def _in_chunks(fn: TargetFn, env: torch.Tensor, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """``fn`` over ``env`` in chunks of samples, concatenated."""
+    parts = [fn(env[i : i + chunk]) for i in range(0, len(env), chunk)]
+    return {n: torch.cat([p[n] for p in parts]) for n in parts[0]} if parts else {}
 
 
 def decide_in_memory(cache: LatentCache, cfg: TrainConfig) -> bool:

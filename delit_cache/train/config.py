@@ -48,11 +48,14 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no" or "bf16" (autocast of the forward pass)
     flat_loss: str = "l1"  # "l1" or "mse" between flat latents (normalised latent space)
     flat_weight: float = 1.0  # weight of the flat latent loss
+    flat_detail_weight: float = 0.0  # weight of L1 between the flat latents' neighbour differences
     env_weight: float = 1.0  # weight of the L1 loss on the four-channel env encoding
     env_log_weight: float = 2.0  # extra factor on the encoding's log channel (HDR magnitude)
     sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
+    light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
+    light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
     max_samples: int = 0  # use only the first N training samples (0 = all; learning curves)

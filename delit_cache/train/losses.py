@@ -19,9 +19,12 @@ import torch.nn.functional as F
 
 from delit_cache.cache.store import DATA_ARRAYS, LatentCache
 from delit_cache.lighting.envcode import decode_env, encode_env
-from delit_cache.lighting.envmap import resample_env, solid_angles
+from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
 from delit_cache.lighting.render import sphere_operators
+from delit_cache.lighting.sphere_metrics import brightest_direction
 from delit_cache.train.config import TrainConfig
+
+_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,6 +52,35 @@ def standardised_flat_loss(
     return flat_loss(pred, target, kind)
 
 
+def detail_loss(
+    pred: torch.Tensor, target: torch.Tensor, latent_std: torch.Tensor | None
+) -> torch.Tensor:
+    """L1 between the horizontal and vertical neighbour differences of two flat latents
+    (standardised like ``standardised_flat_loss``): it weights edges and texture, which a
+    plain L1 on values lets the heads blur."""
+    if latent_std is not None:
+        scale = latent_std.float()[:, None, None]
+        pred, target = pred / scale, target / scale
+    err = pred - target
+    return 0.5 * (
+        (err[..., 1:, :] - err[..., :-1, :]).abs().mean()
+        + (err[..., :, 1:] - err[..., :, :-1]).abs().mean()
+    )
+
+
+def soft_light_direction(env_hdr: torch.Tensor, sharpness: float, size=(32, 64)) -> torch.Tensor:
+    """Differentiable brightest-light direction ``[B,3]`` of linear env maps ``[B,3,H,W]``:
+    the mean direction under a softmax of ``sharpness x log luminance`` (plus log solid
+    angle) over the map area-resampled to ``size``."""
+    env = resample_env(env_hdr.float(), tuple(size))
+    h, w = env.shape[-2:]
+    lum = (env * _LUMA.to(env.device)[:, None, None]).sum(1).flatten(1)
+    logits = sharpness * torch.log(lum.clamp_min(1e-6))
+    logits = logits + torch.log(solid_angles(h, w, device=env.device)).flatten()
+    dirs = direction_grid(h, w, device=env.device).flatten(1)  # [3,P]
+    return F.normalize(torch.softmax(logits, dim=1) @ dirs.T, dim=1, eps=1e-6)
+
+
 def env_code_loss(pred_code: torch.Tensor, target_code: torch.Tensor, log_weight: float = 1.0):
     """Solid-angle-weighted L1 on the encoding ``[B,4,h,w]``: (colour, log) mean errors."""
     w = _pixel_weights(*pred_code.shape[-2:], str(pred_code.device))
@@ -73,13 +105,12 @@ def render_loss_spheres(
 
 
 def sphere_losses(
-    pred_code: torch.Tensor, env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
+    pred_code: torch.Tensor, target: torch.Tensor, size: int, env_size: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
-    """L1 in log1p space between the spheres of the prediction and of the target env maps
-    (``render_loss_spheres``; the diffuse and matte spheres only see low frequencies)."""
+    """L1 in log1p space between the spheres of the prediction and the target spheres
+    ``target`` (``render_loss_spheres`` of the target env maps; the diffuse and matte spheres
+    only see low frequencies)."""
     pred = render_loss_spheres(decode_env(pred_code.float()), size, env_size)
-    with torch.no_grad():
-        target = render_loss_spheres(env_hdr, size, env_size)
     diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
     # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
     unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
@@ -88,36 +119,65 @@ def sphere_losses(
     return {"diffuse": diff[0], "matte": diff[1], "colour": colour}
 
 
+def uses_spheres(cfg: TrainConfig) -> bool:
+    return max(cfg.sphere_diffuse_weight, cfg.sphere_matte_weight, cfg.sphere_colour_weight) > 0
+
+
+@torch.no_grad()
+def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """What the env losses compare against, a function of the target env maps ``[B,3,H,W]``
+    alone: ``env_code`` (the encoding) and, when a sphere loss is on, ``spheres``. Training
+    computes them once per sample when its data is in memory, not at every step."""
+    env_hdr = env_hdr.float()
+    targets = {"env_code": encode_env(env_hdr)}
+    if uses_spheres(cfg):
+        targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+    if cfg.light_dir_weight > 0:
+        targets["light_dir"] = brightest_direction(env_hdr)
+    return targets
+
+
 def compute_losses(
     out: dict[str, torch.Tensor],
-    flat_target: torch.Tensor,
-    env_hdr: torch.Tensor,
+    batch: dict[str, torch.Tensor],
     cfg: TrainConfig,
     latent_std: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All weighted terms and their sum ``total``; inputs float32, outputs scalar tensors.
+    """All weighted terms and their sum ``total``; outputs scalar tensors.
 
-    ``latent_std`` ``[C]``: the heads' per-channel latent scale; the flat loss is taken in
-    those units (None: raw latent units)."""
+    ``batch``: ``flat_latent`` and the ``loss_targets`` (``env_code``, ``spheres``), or the
+    target ``env`` maps they are then computed from. ``latent_std`` ``[C]``: the heads'
+    per-channel latent scale; the flat loss is taken in those units (None: raw units)."""
+    if "env_code" not in batch:
+        batch = {**batch, **loss_targets(batch["env"], cfg)}
     flat = standardised_flat_loss(
-        out["flat_latent"].float(), flat_target, latent_std, cfg.flat_loss
+        out["flat_latent"].float(), batch["flat_latent"], latent_std, cfg.flat_loss
     )
     code_pred = out["env_code"].float()
-    code_target = encode_env(env_hdr)
     losses: dict[str, torch.Tensor] = {"flat": flat}
-    env, colour, log = env_code_loss(code_pred, code_target, cfg.env_log_weight)
+    total = cfg.flat_weight * flat
+    if cfg.flat_detail_weight > 0:
+        losses["flat_detail"] = detail_loss(
+            out["flat_latent"].float(), batch["flat_latent"], latent_std
+        )
+        total = total + cfg.flat_detail_weight * losses["flat_detail"]
+    env, colour, log = env_code_loss(code_pred, batch["env_code"], cfg.env_log_weight)
     losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
-    total = cfg.flat_weight * losses["flat"] + cfg.env_weight * env
+    total = total + cfg.env_weight * env
     weights = {
         "diffuse": cfg.sphere_diffuse_weight,
         "matte": cfg.sphere_matte_weight,
         "colour": cfg.sphere_colour_weight,
     }
-    if any(w > 0 for w in weights.values()):
-        spheres = sphere_losses(code_pred, env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+    if uses_spheres(cfg):
+        spheres = sphere_losses(code_pred, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
         for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
+    if cfg.light_dir_weight > 0:
+        pred_dir = soft_light_direction(decode_env(code_pred), cfg.light_sharpness)
+        losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
+        total = total + cfg.light_dir_weight * losses["light_dir"]
     losses["total"] = total
     return losses
 

@@ -8,6 +8,7 @@ policy ``train.checkpointing``'s. Multi-process (DDP): launch with torchrun or
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 
@@ -34,7 +35,7 @@ from delit_cache.train.distributed import (
     dist_info,
     init_distributed,
 )
-from delit_cache.train.losses import compute_losses, env_metrics
+from delit_cache.train.losses import compute_losses, env_metrics, loss_targets
 from delit_cache.train.optim import make_optimizer
 from delit_cache.train.run_folder import RunOptions, prepare_run_folder, resolve_run_config
 from delit_cache.train.state import save_checkpoint
@@ -77,8 +78,9 @@ class Trainer:
         if self.cfg.max_samples > 0:
             self.train_idx = self.train_idx[: self.cfg.max_samples]
         in_memory = decide_in_memory(self.cache, self.cfg)
-        self.train_data = CacheData(self.cache, self.train_idx, in_memory)
-        self.val_data = CacheData(self.cache, self.val_idx, in_memory)
+        targets = functools.partial(loss_targets, cfg=self.cfg)
+        self.train_data = CacheData(self.cache, self.train_idx, in_memory, targets, False)
+        self.val_data = CacheData(self.cache, self.val_idx, in_memory, targets)
         self.schedule = Schedule(
             len(self.train_idx), self.cfg.batch_size, self.info.world_size, self.cfg.seed
         )
@@ -130,9 +132,7 @@ class Trainer:
         self.model.train()
         with self._autocast():
             out = self.model(batch["relit_latent"])
-        losses = compute_losses(
-            out, batch["flat_latent"], batch["env"], self.cfg, self.heads.latent_std
-        )
+        losses = compute_losses(out, batch, self.cfg, self.heads.latent_std)
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.cfg.grad_clip > 0:
@@ -162,9 +162,7 @@ class Trainer:
             batch = self.val_data.batch(np.arange(start, min(n, start + bs)), self.device)
             with self._autocast():
                 out = self.heads(batch["relit_latent"])
-            terms = compute_losses(
-                out, batch["flat_latent"], batch["env"], self.cfg, self.heads.latent_std
-            )
+            terms = compute_losses(out, batch, self.cfg, self.heads.latent_std)
             terms |= env_metrics(out["env_code"], batch["env"])
             k = batch["env"].shape[0]
             for name, value in terms.items():

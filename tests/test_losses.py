@@ -1,0 +1,127 @@
+"""Training losses: targets computed once equal targets computed per step; the detail and
+light-direction terms; the global-context block."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from delit_cache.cache.store import LatentCache
+from delit_cache.lighting.envmap import angles_to_direction
+from delit_cache.lighting.sphere_metrics import brightest_direction
+from delit_cache.models.config import DelitConfig
+from delit_cache.models.heads import create_heads
+from delit_cache.models.layers import GlobalContext
+from delit_cache.train.batches import CacheData
+from delit_cache.train.config import load_config
+from delit_cache.train.losses import (
+    compute_losses,
+    detail_loss,
+    loss_targets,
+    soft_light_direction,
+)
+from tests.test_train import make_random_cache
+
+
+def _sun_env(theta: float, phi: float, h: int = 128, w: int = 256) -> torch.Tensor:
+    """A dim sky with one bright 3x3-pixel sun at polar angle theta, azimuth phi."""
+    env = torch.full((3, h, w), 0.2)
+    r = min(h - 2, max(1, int(theta / math.pi * h)))
+    c = int((phi + math.pi) / (2 * math.pi) * w) % w
+    env[:, r - 1 : r + 2, [(c - 1) % w, c, (c + 1) % w]] = 500.0
+    return env
+
+
+def _cfg(**changes):
+    base = {"sphere_diffuse_weight": 0.5, "sphere_matte_weight": 0.5, "sphere_colour_weight": 0.5}
+    return load_config("tiny", {**base, **changes})
+
+
+def test_targets_once_equal_targets_per_step():
+    cfg = _cfg(light_dir_weight=0.3, flat_detail_weight=0.5)
+    g = torch.Generator().manual_seed(0)
+    heads = create_heads(cfg.heads_config(), seed=0)
+    relit = torch.randn(3, 16, 4, 4, generator=g)
+    flat = torch.randn(3, 16, 4, 4, generator=g)
+    env = torch.rand(3, 3, 128, 256, generator=g) ** 4 * 20
+    out = heads(relit)
+    per_step = compute_losses(out, {"flat_latent": flat, "env": env}, cfg)
+    once = compute_losses(out, {"flat_latent": flat, **loss_targets(env, cfg)}, cfg)
+    assert set(per_step) == set(once) >= {"light_dir", "flat_detail", "sphere_diffuse"}
+    for name in per_step:
+        torch.testing.assert_close(per_step[name], once[name])
+
+
+def test_cache_data_computes_targets_at_load_and_drops_env(tmp_path):
+    cache = make_random_cache(tmp_path / "c.zarr", n=6)
+    cfg = _cfg()
+    fn = lambda env: loss_targets(env, cfg)  # noqa: E731
+    in_memory = CacheData(LatentCache(cache.path), list(range(6)), True, fn, keep_env=False)
+    streamed = CacheData(LatentCache(cache.path), list(range(6)), False, fn, keep_env=False)
+    pos = np.array([4, 1])
+    a, b = in_memory.batch(pos, torch.device("cpu")), streamed.batch(pos, torch.device("cpu"))
+    assert "env" not in a and set(a) == set(b) == {
+        "relit_latent",
+        "flat_latent",
+        "env_code",
+        "spheres",
+    }
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    env = torch.from_numpy(cache.read("env", [4]))
+    torch.testing.assert_close(a["env_code"][:1], loss_targets(env, cfg)["env_code"])
+
+
+def test_soft_light_direction_finds_the_sun():
+    for theta, phi in [(0.6, 0.3), (1.4, -2.0), (2.2, 2.9)]:
+        env = _sun_env(theta, phi)[None]
+        true = angles_to_direction(torch.tensor(theta), torch.tensor(phi)).float()
+        soft = soft_light_direction(env, sharpness=4.0)[0]
+        assert math.degrees(math.acos(float((soft @ true).clamp(-1, 1)))) < 6.0
+        hard = brightest_direction(env)[0]
+        assert math.degrees(math.acos(float((soft @ hard).clamp(-1, 1)))) < 6.0
+
+
+def test_light_direction_loss_is_differentiable_and_orders_predictions():
+    cfg = _cfg(light_dir_weight=1.0)
+    target = loss_targets(_sun_env(1.0, 0.5)[None], cfg)["light_dir"]
+    near = _sun_env(1.1, 0.6)[None].requires_grad_()
+    far = _sun_env(2.0, -2.5)[None]
+    err = [(1 - (soft_light_direction(e, 4.0) * target).sum(1)).mean() for e in (near, far)]
+    assert float(err[0].detach()) < 0.02 < float(err[1])
+    err[0].backward()
+    assert near.grad is not None and near.grad.abs().sum() > 0
+
+
+def test_detail_loss_ignores_offsets_and_sees_texture():
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(2, 16, 8, 8, generator=g)
+    assert float(detail_loss(target + 0.7, target, None)) < 1e-6
+    noisy = target + 0.1 * torch.randn(2, 16, 8, 8, generator=g)
+    assert float(detail_loss(noisy, target, None)) > 0.05
+    std = torch.full((16,), 2.0)
+    torch.testing.assert_close(
+        detail_loss(noisy, target, std), detail_loss(noisy / 2, target / 2, None)
+    )
+
+
+def test_global_context_starts_as_identity_and_is_saved_in_the_config():
+    block = GlobalContext(8)
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(block(x), x)
+    cfg = DelitConfig(
+        feature_channels=8,
+        extractor_width=16,
+        extractor_blocks=2,
+        flat_width=16,
+        env_width=16,
+        env_dim=32,
+        env_heads=2,
+        env_min_channels=4,
+        global_context=True,
+    )
+    heads = create_heads(cfg, seed=0)
+    assert sum(isinstance(m, GlobalContext) for m in heads.modules()) == 2
+    assert DelitConfig.from_dict(cfg.to_dict()).global_context
