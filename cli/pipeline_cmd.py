@@ -104,7 +104,11 @@ def train_heads_cmd(
         bool, typer.Option("--resume", help="Continue from RUN/checkpoints/latest.pt.")
     ] = False,
     mixed_precision: Annotated[
-        str | None, typer.Option("--mixed-precision", help="no or bf16.")
+        str | None,
+        typer.Option(
+            "--mixed-precision",
+            help="no, bf16 or auto (bf16 where the GPU or CPU has fast bf16 units).",
+        ),
     ] = None,
     device: Annotated[
         str | None,

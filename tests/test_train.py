@@ -178,3 +178,33 @@ def test_resume_after_sigkill_is_exact(tmp_path, cache_path):
     opt_a = torch.load(full / "checkpoints" / "latest.pt", weights_only=True)["optimizer"]
     opt_b = torch.load(cut / "checkpoints" / "latest.pt", weights_only=True)["optimizer"]
     assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"]
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_mixed_precision_auto_and_bf16_train_on_cpu(tmp_path, cache_path, precision, caplog):
+    import logging
+
+    from cli.app import main
+
+    config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
+    run = tmp_path / "run"
+    args = ["train-heads", "--cache", str(cache_path), "--out", str(run), "--config", config]
+    args += ["--steps", "2", "--batch-size", "2", "--mixed-precision", precision, "--device"]
+    with caplog.at_level(logging.INFO, logger="delit"):
+        assert main([*args, "cpu", "--no-progress"]) == 0
+    heads = load_heads(run / "heads.safetensors")
+    assert all(p.isfinite().all() for p in heads.parameters())
+    assert yaml.safe_load((run / "config.yaml").read_text())["mixed_precision"] == precision
+    used = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training on")]
+    assert used and ("bf16" in used[0]) == (precision == "bf16" or has_fast_bf16_cpu())
+
+
+def has_fast_bf16_cpu() -> bool:
+    from delit_cache.utils.device import has_fast_bf16
+
+    return has_fast_bf16(torch.device("cpu"))
+
+
+def test_unknown_mixed_precision_is_refused():
+    with pytest.raises(DelitError, match="mixed_precision"):
+        load_config("tiny", {"mixed_precision": "fp8"})

@@ -45,7 +45,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     seed: int = 0  # weights init, data order and split
-    mixed_precision: str = "no"  # "no" or "bf16" (autocast of the forward pass)
+    mixed_precision: str = "no"  # "no", "bf16" (autocast of the forward pass) or "auto"
+    # ("auto": bf16 where the device has fast bf16 units, see utils.device.has_fast_bf16)
     flat_loss: str = "l1"  # "l1" or "mse" between flat latents (normalised latent space)
     flat_weight: float = 1.0  # weight of the flat latent loss
     flat_detail_weight: float = 0.0  # weight of L1 between the flat latents' neighbour differences
@@ -102,7 +103,7 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         choices = {
             "schedule": ("cosine", "constant"),
-            "mixed_precision": ("no", "bf16"),
+            "mixed_precision": ("no", "bf16", "auto"),
             "flat_loss": ("l1", "mse"),
             "in_memory": ("auto", "yes", "no"),
         }

@@ -39,7 +39,7 @@ from delit_cache.train.losses import compute_losses, env_metrics, loss_targets
 from delit_cache.train.optim import make_optimizer
 from delit_cache.train.run_folder import RunOptions, prepare_run_folder, resolve_run_config
 from delit_cache.train.state import save_checkpoint
-from delit_cache.utils.device import resolve_device
+from delit_cache.utils.device import has_fast_bf16, resolve_device
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.faults import fault_point
 from delit_cache.utils.logs import get_logger, progress_bar
@@ -94,6 +94,10 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         self.device = rank_device(cfg, self.info)
+        self.bf16 = cfg.mixed_precision == "bf16" or (
+            cfg.mixed_precision == "auto" and has_fast_bf16(self.device)
+        )
+        log.info("training on %s, %s", self.device, "bf16 autocast" if self.bf16 else "float32")
         heads_cfg = cfg.heads_config()
         if heads_cfg.latent_channels != self.cache.latent_shape[0]:
             raise DelitError(
@@ -121,7 +125,7 @@ class Trainer:
 
     # -- steps ------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.mixed_precision == "bf16":
+        if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

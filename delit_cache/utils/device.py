@@ -9,6 +9,7 @@ Anything else is one ``DelitError`` line.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,20 @@ def auto_device_type() -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "mps" if _mps_available() else "cpu"
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds this device up: a CUDA GPU with bf16 support, or a
+    CPU with AMX or AVX512-BF16 units (read from ``/proc/cpuinfo``; elsewhere False)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None):
