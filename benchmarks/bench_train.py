@@ -2,20 +2,27 @@
 
 Runs the real training step (heads forward, all losses incl. rendered spheres, backward,
 grad clipping, AdamW + scheduler) on random normalised latents and random HDR env maps, and
-prints a table: device, config, batch, parameters, where the loss targets come from
-(``per-step``: encoded and rendered from the env maps at every step, the plain path;
-``once``: computed once before training, as ``delit train-heads`` does with the cache in
-memory), steps/s, samples/s, peak GPU memory. ``--out FILE`` also writes it as markdown
-with the date, machine, load and command.
+prints a table: device, config, batch, parameters, path, precision, steps/s, samples/s, peak
+GPU memory. Two paths, timed in the same run:
 
-    .venv/bin/python benchmarks/bench_train.py --config tiny --device cpu --batch-size 8
+* ``plain``: the loss targets (env encoding, target spheres) computed from the env maps at
+  every step, and the env decoder's upsampling done the direct way (nearest x2, then the
+  3x3 convolution);
+* ``fast``: what ``delit train-heads`` does: targets computed once (at load), the
+  phase-split upsampling (``env_decoder.UpBlock``).
+
+``--out FILE`` also writes the table as markdown with the date, machine, load and command.
+
+    .venv/bin/python benchmarks/bench_train.py --config demo --device cpu --batch-size 8 \
+        --latent-size 32 --mixed-precision no bf16
     .venv/bin/python benchmarks/bench_train.py --config default --device cuda \
-        --batch-size 16 32 --mixed-precision no bf16 --latent-size 64
+        --batch-size 64 --mixed-precision bf16 --latent-size 64
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -23,8 +30,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from delit_cache.models import env_decoder
 from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import compute_losses, loss_targets
@@ -45,9 +54,31 @@ def bench_one(
     precision: str,
     steps: int,
     warmup: int,
-    targets: str = "once",
+    path: str = "fast",
 ) -> dict:
     """Time ``steps`` training steps after ``warmup``; return one result row."""
+    with contextlib.ExitStack() as stack:
+        if path == "plain":
+            stack.enter_context(_direct_upsampling())
+        return _bench(config, device, batch, latent, precision, steps, warmup, path)
+
+
+@contextlib.contextmanager
+def _direct_upsampling():
+    """Swap ``UpBlock.forward`` for the direct computation while timing the plain path."""
+    fast = env_decoder.UpBlock.forward
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+
+    env_decoder.UpBlock.forward = direct
+    try:
+        yield
+    finally:
+        env_decoder.UpBlock.forward = fast
+
+
+def _bench(config, device, batch, latent, precision, steps, warmup, path) -> dict:
     cfg = load_config(config, {"batch_size": batch, "mixed_precision": precision, "steps": 10**6})
     heads = create_heads(cfg.heads_config(), seed=0).to(device)
     opt, sched = make_optimizer(heads, cfg, 10**6)
@@ -57,7 +88,7 @@ def bench_one(
     env = (torch.rand(batch, 3, 128, 256, generator=g) ** 4 * 50).to(device)
     autocast = precision == "bf16"
     batch_data = {"flat_latent": flat, "env": env}
-    if targets == "once":
+    if path == "fast":
         batch_data = {"flat_latent": flat, **loss_targets(env, cfg)}
 
     def step() -> None:
@@ -88,7 +119,7 @@ def bench_one(
         "batch": batch,
         "latent": latent,
         "precision": precision,
-        "targets": targets,
+        "path": path,
         "params_M": heads.num_parameters() / 1e6,
         "steps_s": steps / seconds,
         "samples_s": steps * batch / seconds,
@@ -100,8 +131,8 @@ COLUMNS = (
     ("config", "{}"),
     ("batch", "{}"),
     ("latent", "{}"),
+    ("path", "{}"),
     ("precision", "{}"),
-    ("targets", "{}"),
     ("params_M", "{:.2f}"),
     ("steps_s", "{:.2f}"),
     ("samples_s", "{:.1f}"),
@@ -134,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed-precision", nargs="+", default=["no"], choices=["no", "bf16"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument(
-        "--targets", nargs="+", default=["per-step", "once"], choices=["per-step", "once"]
-    )
+    p.add_argument("--paths", nargs="+", default=["plain", "fast"], choices=["plain", "fast"])
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -148,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in args.config
         for b in args.batch_size
         for mp in args.mixed_precision
-        for t in args.targets
+        for t in args.paths
     ]
     text = table(device, rows)
     print(text)

@@ -170,3 +170,27 @@ def test_transform_rejects_bad_sizes():
         PortraitTransform(100)
     with pytest.raises(ValueError, match=r"\[3,H,W\]"):
         PortraitTransform(64)(torch.rand(1, 3, 8, 8))
+
+
+def test_up_block_equals_upsampling_then_convolution():
+    """The phase-split UpBlock is the same function (and gradient) as nearest x2 upsampling
+    followed by the wrap-around 3x3 convolution, with the same weights."""
+    import torch.nn.functional as F
+
+    from delit_cache.models.env_decoder import UpBlock
+
+    torch.manual_seed(0)
+    for cin, cout, h, w in [(6, 4, 4, 8), (3, 5, 5, 6)]:
+        block = UpBlock(cin, cout)
+        x = torch.randn(2, cin, h, w, requires_grad=True)
+        reference = F.silu(block.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        out = block(x)
+        assert out.shape == (2, cout, 2 * h, 2 * w)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, block.conv.conv.weight, block.conv.conv.bias], g)
+        want = torch.autograd.grad(
+            reference, [x, block.conv.conv.weight, block.conv.conv.bias], g
+        )
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

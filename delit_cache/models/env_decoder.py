@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from delit_cache.models.config import DelitConfig
-from delit_cache.models.layers import PanoConv, ResBlock
+from delit_cache.models.layers import PanoConv, ResBlock, pano_pad
 
 # The output is 0.5 + OUTPUT_GAIN * (coarse + detail): the sigmoid's value and slope at 0,
 # without its saturation.
@@ -49,15 +49,40 @@ class QueryLayer(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries))
 
 
+# Nearest x2 upsampling then a 3x3 kernel equals, for each of the four output phases (row
+# parity a, column parity b), a 2x2 kernel on the padded low-resolution map: rows i, i+1 with
+# weights (w0, w1 + w2) for a = 0 and rows i+1, i+2 with (w0 + w1, w2) for a = 1; same for
+# columns. _PHASE_ROWS[a] maps the three kernel rows to those two.
+_PHASE_ROWS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
 class UpBlock(nn.Module):
-    """x2 nearest upsampling, then a wrap-around 3x3 convolution and SiLU (no norm)."""
+    """x2 nearest upsampling, then a wrap-around 3x3 convolution and SiLU (no norm).
+
+    Computed without building the upsampled map: four 2x2 convolutions (one per output
+    phase) on the padded input, interleaved; the same function as upsampling first, with
+    the same 3x3 weights, at 4/9 of the arithmetic."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = PanoConv(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        h, w = x.shape[-2:]
+        padded = pano_pad(x)
+        weight, bias = self.conv.conv.weight, self.conv.conv.bias
+        rows = _PHASE_ROWS.to(weight)
+        phases = [
+            F.conv2d(
+                padded[..., a : a + h + 1, b : b + w + 1],
+                torch.einsum("ik,ockl,jl->ocij", rows[a], weight, rows[b]),
+                bias,
+            )
+            for a in (0, 1)
+            for b in (0, 1)
+        ]
+        out = torch.stack(phases, dim=2).flatten(1, 2)  # channel-major, then phase (a, b)
+        return F.silu(F.pixel_shuffle(out, 2))
 
 
 class EnvDecoder(nn.Module):

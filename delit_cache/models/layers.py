@@ -48,6 +48,13 @@ class GlobalContext(nn.Module):
         return x * (1 + scale) + shift
 
 
+def pano_pad(x: torch.Tensor) -> torch.Tensor:
+    """One pixel of padding for an equirectangular map: wrapped in longitude, replicated at
+    the poles."""
+    x = F.pad(x, (1, 1, 0, 0), mode="circular")
+    return F.pad(x, (0, 0, 1, 1), mode="replicate")
+
+
 class PanoConv(nn.Module):
     """3x3 convolution for equirectangular maps: wraps around in longitude, replicates at the poles."""
 
@@ -56,6 +63,4 @@ class PanoConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (1, 1, 0, 0), mode="circular")
-        x = F.pad(x, (0, 0, 1, 1), mode="replicate")
-        return self.conv(x)
+        return self.conv(pano_pad(x))
