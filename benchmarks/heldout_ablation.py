@@ -31,7 +31,9 @@ from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import load_env
 from delit_cache.lighting.sphere_metrics import sphere_metrics
+from delit_cache.models.heads import DelitHeads
 from delit_cache.models.pretrained import load_heads
+from delit_cache.train.config import config_from_dict
 from delit_cache.train.trainer import RunOptions, train_heads
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import cpu_model
@@ -71,10 +73,25 @@ def write_variant_config(base: str, overrides: dict, path: Path) -> Path:
     return path
 
 
+def step_heads(checkpoint: Path) -> DelitHeads:
+    """The heads saved in a training checkpoint ``RUN/checkpoints/step_XXXXXX.pt``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    heads = DelitHeads(config_from_dict(state["config"]).heads_config())
+    heads.load_state_dict(state["heads"])
+    return heads
+
+
 @torch.no_grad()
-def score(run: Path, val_cache: LatentCache, flats: dict[str, torch.Tensor], vae) -> dict:
-    """Held-out metrics of the heads in ``run`` (see the module docstring)."""
-    heads = load_heads(run / "heads.safetensors").eval()
+def score(
+    run: Path,
+    val_cache: LatentCache,
+    flats: dict[str, torch.Tensor],
+    vae,
+    heads: DelitHeads | None = None,
+) -> dict:
+    """Held-out metrics of the heads in ``run`` (or ``heads``, with ``run``'s mean env map;
+    see the module docstring)."""
+    heads = (heads or load_heads(run / "heads.safetensors")).eval()
     mean_env = load_env(run / "mean_env.exr", size=None)
     preds, gts, flat_scores = [], [], []
     for lo in range(0, len(val_cache), 16):

@@ -45,11 +45,12 @@ def restore_training_state(run: Path, heads: DelitHeads, opt, sched) -> int:
     return int(state["step"])
 
 
-def heads_extra(cache: LatentCache, step: int) -> dict[str, Any]:
+def heads_extra(cache: LatentCache, step: int, train_samples: int = 0) -> dict[str, Any]:
     """Training facts stored beside the heads weights."""
     meta = cache.metadata
     return {
         "step": step,
+        "train_samples": train_samples,
         "cache": str(cache.path.resolve()),
         "vae_fingerprint": meta.get("vae_fingerprint"),
         "image_size": meta.get("image_size"),
@@ -57,6 +58,8 @@ def heads_extra(cache: LatentCache, step: int) -> dict[str, Any]:
     }
 
 
-def write_final_heads(heads: DelitHeads, run: Path, cache: LatentCache, step: int) -> Path:
+def write_final_heads(
+    heads: DelitHeads, run: Path, cache: LatentCache, step: int, train_samples: int = 0
+) -> Path:
     """``RUN/heads.safetensors``: the finished heads with their training facts."""
-    return save_heads(heads, run / HEADS_FILENAME, heads_extra(cache, step))
+    return save_heads(heads, run / HEADS_FILENAME, heads_extra(cache, step, train_samples))

@@ -280,7 +280,7 @@ class Trainer:
                     self._stop_on_signal()
         bar.close()
         if self.info.is_main:
-            write_final_heads(self.heads, self.opts.out, self.cache, self.step)
+            write_final_heads(self.heads, self.opts.out, self.cache, self.step, len(self.train_idx))
             log.info("%s: heads written after %d steps", self.opts.out, self.step)
             if self.writer is not None:
                 self.writer.close()
