@@ -256,3 +256,50 @@ def test_train_lora_resume_is_exact_and_refuses_another_rank(lora_data, tiny_vae
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--lora-rank 8" in err
     code, _, err = _train(lora_data, tiny_vae_pth, split, "--steps", "6")
     assert code == 2 and "holds a run already" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--lora-rank", "0", "--lora-rank 0: must be >= 1"),
+        ("--lora-alpha", "-1", "--lora-alpha -1.0: must be > 0"),
+        ("--mixed-precision", "fp16", "--mixed-precision fp16: expected no or bf16"),
+        ("--steps", "0", "--steps 0: must be >= 1"),
+    ],
+)
+def test_train_lora_bad_numbers_are_one_line(
+    lora_data, tiny_vae_pth, tmp_path, flag, value, needle
+):
+    code, _, err = _train(lora_data, tiny_vae_pth, tmp_path / "run", flag, value)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_merge_lora_refuses_an_output_that_is_not_safetensors(tiny_vae_pth, tmp_path):
+    code, _, err = run_cli("merge-lora", "--vae", tiny_vae_pth, "--lora", tmp_path / "a.safetensors",
+                           "--out", tmp_path / "merged.pth")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "merged.pth" in err
+    assert not (tmp_path / "merged.pth").exists()
+
+
+def test_train_lora_from_a_cache_matches_encoding_on_the_fly(lora_data, tiny_vae_pth, tmp_path):
+    shards, _ = lora_data
+    cache = tmp_path / "cache.zarr"
+    code, _, err = run_cli("encode", "--vae", tiny_vae_pth, "--data", shards, "--out", cache,
+                           "--size", SIZE, "--device", "cpu", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert _train(lora_data, tiny_vae_pth, tmp_path / "a", "--steps", "2")[0] == 0
+    code, _, err = _train(lora_data, tiny_vae_pth, tmp_path / "b", "--steps", "2", "--cache", cache)
+    assert code == 0, err
+    a = read_lora(tmp_path / "a" / "lora.safetensors")[1]
+    b = read_lora(tmp_path / "b" / "lora.safetensors")[1]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert any(b[k].abs().max() > 0 for k in b if "lora_B" in k)
+    # a cache of this data at another model size is refused before anything is written
+    save_heads(create_heads(SMALL, seed=0), tmp_path / "other" / "heads.safetensors",
+               {"image_size": 2 * SIZE})  # fmt: skip
+    code, _, err = _train(lora_data, tiny_vae_pth, tmp_path / "c", "--steps", "2", "--cache",
+                          cache, "--checkpoint", tmp_path / "other")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "image size 64" in err, err
+    assert not (tmp_path / "c").exists()
