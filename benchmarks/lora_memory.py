@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python benchmarks/lora_memory.py --device cpu --batch-size 4 --count-batch 1   # estimate
 
 Random weights of the real architecture (``--dim 96``), LoRA rank 16 on every target,
-``bf16`` autocast, one flat-lit latent per image decoded and an L1 loss backpropagated into
+``--precision`` (bf16 autocast by default), one flat-lit latent per image decoded and an L1 loss backpropagated into
 the adapters, with and without activation checkpointing of the decoder blocks.
 
 * On CUDA it reports ``torch.cuda.max_memory_allocated`` over the step (a measurement: weights,
@@ -23,6 +23,7 @@ the adapters, with and without activation checkpointing of the decoder blocks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 
 import torch
@@ -37,22 +38,28 @@ from delit_cache.vae.lora import LoraSpec, add_lora
 GIB = 2**30
 
 
-def _step(vae, z: torch.Tensor, device: torch.device) -> None:
-    with torch.autocast(device.type, dtype=torch.bfloat16):
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _step(vae, z: torch.Tensor, device: torch.device, precision: str) -> None:
+    with _autocast(device, precision):
         out = vae.decode(z, clamp=False)
     F.l1_loss(out.float(), torch.full_like(out, 0.5, dtype=torch.float32)).backward()
 
 
-def measure_cuda(vae, z: torch.Tensor, device: torch.device) -> float:
+def measure_cuda(vae, z: torch.Tensor, device: torch.device, precision: str) -> float:
     """Peak ``max_memory_allocated`` (GiB) over one forward + backward."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    _step(vae, z, device)
+    _step(vae, z, device, precision)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) / GIB
 
 
-def count_saved(vae, z: torch.Tensor) -> dict[str, float]:
+def count_saved(vae, z: torch.Tensor, precision: str) -> dict[str, float]:
     """Bytes saved for backward per decoder block (one forward, no checkpointing) and the
     bytes of every block's input."""
     decoder = vae.model.decoder
@@ -85,7 +92,7 @@ def count_saved(vae, z: torch.Tensor) -> dict[str, float]:
         handles.append(block.register_forward_pre_hook(pre(i)))
         handles.append(block.register_forward_hook(post))
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with hooks, torch.autocast(z.device.type, dtype=torch.bfloat16):
+    with hooks, _autocast(z.device, precision):
         vae.decode(z, clamp=False)
     for h in handles:
         h.remove()
@@ -106,26 +113,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--count-batch", type=int, default=1, help="CPU: images counted")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--precision", choices=("bf16", "no"), default="bf16", help="autocast")
     args = parser.parse_args()
     device = resolve_device(args.device)
     vae = new_wan_vae(args.dim, device=device)
     add_lora(vae, LoraSpec(args.rank, float(args.rank)))
     h = args.size // 8
     print(f"# lora_memory: dim {args.dim}, {args.size} x {args.size}, LoRA rank {args.rank}, "
-          f"bf16 autocast, {device_name(device)}, torch {torch.__version__}, "
+          f"mixed precision {args.precision}, {device_name(device)}, torch {torch.__version__}, "
           f"{datetime.date.today()}")  # fmt: skip
     if device.type == "cuda":
         z = torch.randn(args.batch_size, 16, h, h, device=device)
-        plain = measure_cuda(vae, z, device)
+        plain = measure_cuda(vae, z, device, args.precision)
         checkpoint_decoder_blocks(vae)
-        ckpt = measure_cuda(vae, z, device)
+        ckpt = measure_cuda(vae, z, device, args.precision)
         print("| batch | checkpointing | max_memory_allocated (GiB, measured) |")
         print("| --- | --- | --- |")
         print(f"| {args.batch_size} | off | {plain:.2f} |")
         print(f"| {args.batch_size} | on | {ckpt:.2f} |")
         return
     z = torch.randn(args.count_batch, 16, h, h, device=device)
-    c = count_saved(vae, z)
+    c = count_saved(vae, z, args.precision)
     scale = args.batch_size / args.count_batch
     plain = (c["outside"] + c["blocks_total"]) * scale / GIB
     ckpt = (c["outside"] + c["block_inputs"]) * scale / GIB + c["largest_block"] * scale / GIB

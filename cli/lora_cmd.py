@@ -36,6 +36,9 @@ def train_lora_cmd(
         int | None, typer.Option("--batch-size", help="Samples per step and process (4).")
     ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Adapter learning rate.")] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option("--warmup-steps", help="Linear warm-up steps (20).")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Data order seed.")] = None,
     mixed_precision: Annotated[
         str | None, typer.Option("--mixed-precision", help="no or bf16.")
@@ -63,6 +66,7 @@ def train_lora_cmd(
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
+        "warmup_steps": warmup_steps,
         "seed": seed,
         "mixed_precision": mixed_precision,
         "device": device,
