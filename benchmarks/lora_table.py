@@ -92,7 +92,7 @@ def main() -> None:
     lora_info = lora.get("lora") or {}
     out += [
         "",
-        f"## `delit eval` on {plain['n']} held-out portraits",
+        f"## `delit eval` on the first {plain['n']} portraits of the held-out set",
         "",
         f"Heads `{plain['checkpoint']}`, VAE `{plain['vae']}`, image size {plain['image_size']}, "
         f"device {plain['device']}; adapters `{lora_info.get('file')}` (rank "
