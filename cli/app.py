@@ -51,6 +51,7 @@ COMMAND_MODULES = (
     ".eval_cmd",
     ".demo_cmd",
     ".cache_cmd",
+    ".lora_cmd",
 )
 
 

@@ -16,6 +16,7 @@ from .options import (
     DataOption,
     DeviceOption,
     DtypeOption,
+    LoraOption,
     ModelSizeOption,
     VaeOption,
 )
@@ -45,6 +46,7 @@ def eval_command(
     examples: Annotated[
         int, typer.Option("--examples", min=1, help="Samples shown in the --report picture.")
     ] = 4,
+    lora: LoraOption = None,
 ) -> int:
     """Score a checkpoint on raw samples: flat-lit PSNR/SSIM, codec ceiling, three-sphere env
     metrics and light direction, each beside a free baseline."""
@@ -53,7 +55,7 @@ def eval_command(
     from delit_cache.infer.delighter import load_vae_and_model
 
     shards = expand_shards(data)  # bad --data fails before the VAE is loaded
-    model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size)
+    model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size, lora=lora)
     size_used = info["model_size"]
     result = evaluate(
         model,
@@ -72,6 +74,7 @@ def eval_command(
         image_size=size_used,
         mean_env_file=info["mean_env"],
         vae_warning=info.get("vae_warning"),
+        lora=info.get("lora"),
     )
     typer.echo(format_table(result))
     if json_path is not None:
@@ -99,13 +102,16 @@ def infer_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
     size: ModelSizeOption = None,
+    lora: LoraOption = None,
 ) -> int:
     """Delight photos: writes <stem>_flat.png (input size), <stem>_env.exr (128x256 linear
     HDR) and <stem>_env.png (panorama and three spheres) for each input. Photos are scaled so
     the longer side is the model size and padded to a square by replicating their borders."""
     from delit_cache.infer.delighter import Delighter
 
-    delighter = Delighter.from_pretrained(checkpoint, vae, device, dtype, size, batch_size)
+    delighter = Delighter.from_pretrained(
+        checkpoint, vae, device, dtype, size, batch_size, lora=lora
+    )
     summary = delighter.run(inputs, out, progress=True)
     typer.echo(summary.line(), err=not summary.ok)
     return 0 if summary.ok else 1

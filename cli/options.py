@@ -7,6 +7,7 @@ parsing by ``accepts_old_spellings``, so they work but stay out of ``--help``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -73,3 +74,12 @@ def accepts_old_spellings(spellings: dict[str, str]) -> type[TyperCommand]:
             return super().parse_args(ctx, _rewrite(list(args), spellings))
 
     return OldSpellings
+
+
+LoraOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--lora",
+        help="LoRA adapters for the decoder (a lora.safetensors from delit train-lora).",
+    ),
+]

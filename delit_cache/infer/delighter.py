@@ -139,14 +139,23 @@ def load_vae_and_model(
     dtype: str | torch.dtype = "float32",
     size: int | None = None,
     warn: bool = True,
+    lora: str | Path | None = None,
 ) -> tuple[DelitModel, PortraitTransform, torch.Tensor | None, dict]:
-    """Checkpoint + VAE (path, ``"demo"`` or a loaded ``WanVAE``) -> model, transform, mean env, info."""
+    """Checkpoint + VAE (path, ``"demo"`` or a loaded ``WanVAE``) -> model, transform, mean env,
+    info; ``lora`` names decoder adapters (``delit train-lora``'s file) to load into the VAE
+    (a loaded ``WanVAE`` passed in then holds them)."""
     heads, mean_env, info = resolve_checkpoint(checkpoint)
     device = resolve_device(device)
     if not isinstance(vae, torch.nn.Module):
         from delit_cache.vae import load_wan_vae
 
         vae = load_wan_vae(vae, device=device, dtype=resolve_dtype(dtype))
+    info["lora"] = None
+    if lora is not None:
+        from delit_cache.vae.lora import apply_lora_file
+
+        spec = apply_lora_file(vae, lora)
+        info["lora"] = {"file": str(lora), "rank": spec.rank, "alpha": spec.alpha}
     message = vae_mismatch_warning(info, vae)
     if message and warn:
         log.warning(message)
@@ -313,12 +322,13 @@ class Delighter:
         dtype: str | torch.dtype = "float32",
         size: int | None = None,
         batch_size: int = 4,
+        lora: str | Path | None = None,
     ) -> Delighter:
         """Checkpoint (save_pretrained folder, heads file, run folder or ``"demo"``) and VAE
         (path, ``"demo"`` or a loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the
-        VAE's compute dtype."""
+        VAE's compute dtype; ``lora`` an adapter file for the decoder."""
         dev = resolve_device(device)
-        model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size)
+        model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size, lora=lora)
         return cls(model, transform, dev, batch_size, info)
 
     def __call__(self, image: np.ndarray | torch.Tensor | object) -> DelitResult:
