@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from delit_cache.data.shards import iter_samples
-from delit_cache.evaluate.metrics import flat_psnr_ssim
+from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.infer.delighter import load_vae_and_model
 
 ZOOM = 3
