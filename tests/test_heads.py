@@ -189,8 +189,6 @@ def test_up_block_equals_upsampling_then_convolution():
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(out)
         got = torch.autograd.grad(out, [x, block.conv.conv.weight, block.conv.conv.bias], g)
-        want = torch.autograd.grad(
-            reference, [x, block.conv.conv.weight, block.conv.conv.bias], g
-        )
+        want = torch.autograd.grad(reference, [x, block.conv.conv.weight, block.conv.conv.bias], g)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
