@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.cstderr import captured_output
 from delit_cache.utils.errors import DelitError
 
 HDR_EXTS = (".exr", ".hdr", ".rgbe", ".pic")
@@ -144,14 +145,35 @@ def read_hdr(path: str | Path, check: bool = True) -> np.ndarray:
     return arr
 
 
-def _read_exr(path: Path) -> np.ndarray:
+def read_exr_channels(source, name) -> dict[str, np.ndarray]:
+    """The channels of an OpenEXR file (a path or a binary file object) by name.
+
+    A truncated or damaged file raises one ``DelitError`` naming ``name``; what OpenEXR's C
+    library prints on stderr about it is folded into that message instead of leaking out.
+    """
     import OpenEXR
 
     try:
-        with OpenEXR.File(str(path), separate_channels=True) as f:
+        with captured_output() as noise, OpenEXR.File(source, separate_channels=True) as f:
             chans = {k: np.asarray(v.pixels) for k, v in f.channels().items()}
     except Exception as exc:
-        raise DelitError(f"{path}: unreadable OpenEXR file ({exc})") from None
+        detail = _exr_detail(noise.lines(), str(name)) or str(exc)
+        raise DelitError(
+            f"{name}: unreadable OpenEXR file, truncated or damaged ({detail[:200]})"
+        ) from None
+    noise.replay()
+    return chans
+
+
+def _exr_detail(lines: list[str], name: str) -> str:
+    """The most telling line OpenEXR printed (its last ``EXR_ERR`` line), without the name."""
+    errors = [ln for ln in lines if "(EXR_ERR" in ln] or lines
+    line = errors[-1] if errors else ""
+    return line.removeprefix(name).removeprefix(":").strip()
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    chans = read_exr_channels(str(path), path)
     if all(c in chans for c in "RGB"):
         arr = np.stack([chans[c] for c in "RGB"], axis=-1)
     elif "Y" in chans:
