@@ -10,7 +10,7 @@ Policies:
   RGBE codec here (flat and new-style RLE scanlines, ``-Y H +X W`` orientation only). With
   ``check=True`` (default) NaN, Inf or negative values are an error, except tiny negatives
   (down to -1 % of the mean absolute radiance) that lossy EXR codecs (DWA) leave around
-  black; those are clamped to 0.
+  black; those are clamped to 0 with a warning.
 - LDR (``read_ldr``): sRGB-encoded values scaled to [0, 1] (8-bit / 255, 16-bit / 65535),
   NOT linearised. EXIF orientation is applied. Grayscale is replicated to three channels.
   Palette and CMYK images are converted to RGB. Alpha is never composited: the colour is
@@ -35,10 +35,12 @@ import torch
 from delit_cache.utils.atomic import atomic_path
 from delit_cache.utils.cstderr import captured_output
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger
 
 HDR_EXTS = (".exr", ".hdr", ".rgbe", ".pic")
 LDR_EXTS = (".png", ".jpg", ".jpeg")
 HALF_MAX = 65504.0
+log = get_logger(__name__)
 
 # ----------------------------------------------------------------------------- sRGB
 
@@ -120,6 +122,12 @@ def _check_radiance(arr: np.ndarray, path) -> np.ndarray:
         tol = NEG_TOLERANCE * float(np.abs(arr).mean()) + 1e-6
         if low < -tol:
             raise DelitError(f"{path}: contains negative radiance (min {low:.4g})")
+        log.warning(
+            "%s: %d small negative values (min %.3g) clamped to 0 (lossy-codec noise)",
+            path,
+            int((arr < 0).sum()),
+            low,
+        )
         arr = np.maximum(arr, 0.0)
     return arr
 
@@ -128,7 +136,7 @@ def read_hdr(path: str | Path, check: bool = True) -> np.ndarray:
     """Read a linear HDR image (.exr or .hdr) -> float32 ``[H,W,3]``.
 
     ``check=True`` raises ``DelitError`` on NaN, Inf or negative values (codec-noise negatives
-    down to -1 % of the mean |radiance| are clamped to 0 instead).
+    down to -1 % of the mean |radiance| are clamped to 0, with a warning).
     """
     path = Path(path)
     if not path.is_file():
