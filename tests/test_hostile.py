@@ -284,3 +284,66 @@ def test_damaged_shard_names_the_last_intact_sample(command, how, tmp_path, caps
         err = _one_error_line(capsys)
         assert str(shard) in err and expected in err, err
     assert not (tmp_path / "c").exists()  # encode creates no store for a damaged shard
+
+
+# ---------------------------------------------------------------------------- fresh hostile pass
+
+
+@pytest.mark.parametrize(
+    "value, outcome",
+    [(float("nan"), "NaN or Inf"), (float("inf"), "NaN or Inf"), (-0.5, "negative radiance")],
+)
+def test_hdri_with_bad_pixels_is_refused(value, outcome, tmp_path):
+    from delit_cache.data.imageio import read_hdr, write_exr
+    from delit_cache.utils.errors import DelitError
+
+    arr = np.ones((8, 16, 3), np.float32)
+    arr[:2, :2] = value
+    write_exr(tmp_path / "x.exr", arr, half=False)
+    with pytest.raises(DelitError, match=outcome):
+        read_hdr(tmp_path / "x.exr")
+
+
+def test_tiny_negative_hdri_values_are_clamped_with_a_warning(tmp_path, caplog):
+    from delit_cache.data.imageio import read_hdr, write_exr
+
+    arr = np.ones((8, 16, 3), np.float32)
+    arr[:2, :2] = -0.003
+    write_exr(tmp_path / "x.exr", arr, half=False)
+    with caplog.at_level("WARNING", logger="delit"):
+        out = read_hdr(tmp_path / "x.exr")
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert "12 small negative values (min -0.003) clamped to 0" in caplog.text
+
+
+@pytest.mark.parametrize("array", ["key", "block_done", "env"])
+def test_cache_with_a_missing_array_is_one_line(array, tmp_path, cache_path, capsys):
+    import shutil
+
+    broken = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, broken)
+    shutil.rmtree(broken / array)
+    assert main(["cache", "verify", str(broken)]) == 2
+    assert f"array '{array}' is missing" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--report", "{file}"], "{file}: Not a directory"),
+        (["--report", "{file}/r"], "{file}/r: Not a directory"),
+        (["--json", "{dir}"], "{dir}: Is a directory"),
+        (["--json", "{file}/x.json"], "{file}: Not a directory"),
+        (["--report", "{dir}/r", "--examples", "65"], "less than or equal to 64"),
+    ],
+)
+def test_eval_output_paths_fail_before_the_model_runs(extra, expected, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    shard = tmp_path / "shard-000000.tar"
+    tarfile.open(shard, "w").close()
+    fill = {"file": str(blocker), "dir": str(tmp_path)}
+    args = ["eval", "--checkpoint", "demo", "--vae", "nonexistent-vae", "--data", str(shard)]
+    assert main([*args, *(a.format(**fill) for a in extra)]) == 2
+    assert expected.format(**fill) in _one_error_line(capsys)  # not the VAE's error: checked first
+    assert blocker.read_text() == "x"
