@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.atomic import write_json
+from delit_cache.utils.atomic import check_output_file, make_dir, write_json
 
 from .app import app
 from .options import (
@@ -20,6 +20,8 @@ from .options import (
     ModelSizeOption,
     VaeOption,
 )
+
+MAX_EXAMPLES = 64  # rows of the --report picture (each one a model run and a strip of images)
 
 
 @app.command("eval")
@@ -44,7 +46,10 @@ def eval_command(
         ),
     ] = None,
     examples: Annotated[
-        int, typer.Option("--examples", min=1, help="Samples shown in the --report picture.")
+        int,
+        typer.Option(
+            "--examples", min=1, max=MAX_EXAMPLES, help="Samples shown in the --report picture."
+        ),
     ] = 4,
     lora: LoraOption = None,
 ) -> int:
@@ -54,7 +59,11 @@ def eval_command(
     from delit_cache.evaluate.evaluate import evaluate, format_table
     from delit_cache.infer.delighter import load_vae_and_model
 
-    shards = expand_shards(data)  # bad --data fails before the VAE is loaded
+    shards = expand_shards(data)  # bad --data or output paths fail before the VAE is loaded
+    if json_path is not None:
+        check_output_file(json_path)
+    if report is not None:
+        make_dir(report)
     model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size, lora=lora)
     size_used = info["model_size"]
     result = evaluate(
@@ -82,7 +91,6 @@ def eval_command(
     if report is not None:
         from delit_cache.evaluate.report import model_examples, write_report
 
-        report.mkdir(parents=True, exist_ok=True)
         shown = [s for _, s in zip(range(examples), iter_samples(shards), strict=False)]
         notes = [f"Checkpoint: {info['checkpoint']}.", f"Data: {', '.join(map(str, data))}."]
         paths = write_report(report, model_examples(model, shown, size_used), result, notes)

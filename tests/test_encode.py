@@ -154,7 +154,7 @@ def test_augment_sample_flip_exposure_and_determinism():
 def test_shard_keys_reads_tar_headers(shards):
     first = sorted(shards.glob("*.tar"))[0]
     assert shard_keys(first) == ["s0_000", "s0_001", "s0_002"]
-    with pytest.raises(DelitError, match="not a readable tar"):
+    with pytest.raises(DelitError, match="truncated or damaged tar shard"):
         bad = first.with_name("bad.tar")
         bad.write_bytes(b"not a tar")
         shard_keys(bad)

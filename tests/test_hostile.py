@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,149 @@ def test_pack_names_the_clashing_stems(tmp_path, capsys):
     assert main(["pack", str(src), "--out", str(tmp_path / "shards")]) == 2
     err = _one_error_line(capsys)
     assert "'x.y' and 'x_y' both become the key 'x_y'" in err and "data check" not in err
+
+
+# ---------------------------------------------------------------------------- damaged EXR files
+
+HDRI_DIR = Path(__file__).resolve().parents[1] / "delit_cache" / "assets" / "hdri"
+
+
+def _cut_exr(folder: Path, keep: float) -> Path:
+    data = (HDRI_DIR / "city.exr").read_bytes()
+    path = folder / "cut.exr"
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.002, 0.05, 0.5, 0.99])
+@pytest.mark.parametrize("command", ["envmetrics", "synth"])
+def test_truncated_exr_is_one_clean_line(command, keep, tmp_path, capfd):
+    cut = _cut_exr(tmp_path, keep)
+    if command == "envmetrics":
+        args = ["envmetrics", str(cut), str(HDRI_DIR / "city.exr")]
+    else:
+        args = ["synth", "--out", str(tmp_path / "s"), "--n", "1", "--size", "32"]
+        args += ["--hdri-dir", str(tmp_path), "--p-hdri", "1"]
+    assert main(args) == 2
+    out, err = capfd.readouterr()
+    assert out == "", out  # OpenEXR's binding prints on stdout, its C core on stderr
+    assert err.startswith(f"error: {cut}: unreadable OpenEXR file") and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
+
+
+def test_a_good_exr_read_keeps_stdout_and_stderr_clean(capfd):
+    from delit_cache.data.imageio import read_hdr
+
+    assert read_hdr(HDRI_DIR / "city.exr").shape[-1] == 3
+    assert capfd.readouterr() == ("", "")
+
+
+# ---------------------------------------------------------------------------- damaged tar shards
+
+
+def _member_offsets(shard: Path) -> dict[str, tuple[int, int]]:
+    with tarfile.open(shard) as tar:
+        return {m.name: (m.offset, m.offset_data + m.size) for m in tar.getmembers()}
+
+
+def _damaged_shard(folder: Path, how: str) -> Path:
+    from test_encode import write_shards
+
+    src = write_shards(folder / "src", 3, shard_size=3) / "shard-000000.tar"
+    data, at = src.read_bytes(), _member_offsets(src)
+    second = sorted(n for n in at if n.startswith("s0_001."))
+    start, end = at[second[1]]
+    cuts = {
+        "mid-member": data[: (start + end) // 2],  # inside sample 1's second member
+        "boundary": data[: at[second[0]][0]],  # exactly where sample 1 begins, no tar trailer
+        "garbage-header": data[: at[second[0]][0]] + b"\x17" * 512,
+    }
+    out = folder / "bad" / "shard-000000.tar"
+    out.parent.mkdir()
+    out.write_bytes(cuts[how])
+    return out
+
+
+@pytest.mark.parametrize("how", ["mid-member", "boundary", "garbage-header"])
+@pytest.mark.parametrize("command", ["check", "encode", "eval"])
+def test_damaged_shard_names_the_last_intact_sample(command, how, tmp_path, capsys):
+    shard = _damaged_shard(tmp_path, how)
+    args = {
+        "check": ["data", "check", str(shard)],
+        "encode": ["encode", "--vae", "demo", "--data", str(shard), "--out", str(tmp_path / "c")],
+        "eval": ["eval", "--checkpoint", "demo", "--vae", "demo", "--data", str(shard)],
+    }[command]
+    args += [] if command == "check" else ["--device", "cpu", "--size", "32"]
+    expected = "1 intact sample before it, the last is 's0_000'"
+    if command == "check":  # a checker lists the damaged shard as a problem (exit 1)
+        assert main(args) == 1
+        out = capsys.readouterr().out
+        assert f"{shard}: truncated or damaged tar shard" in out and expected in out, out
+    else:
+        assert main(args) == 2
+        err = _one_error_line(capsys)
+        assert str(shard) in err and expected in err, err
+    assert not (tmp_path / "c").exists()  # encode creates no store for a damaged shard
+
+
+# ---------------------------------------------------------------------------- fresh hostile pass
+
+
+@pytest.mark.parametrize(
+    "value, outcome",
+    [(float("nan"), "NaN or Inf"), (float("inf"), "NaN or Inf"), (-0.5, "negative radiance")],
+)
+def test_hdri_with_bad_pixels_is_refused(value, outcome, tmp_path):
+    from delit_cache.data.imageio import read_hdr, write_exr
+    from delit_cache.utils.errors import DelitError
+
+    arr = np.ones((8, 16, 3), np.float32)
+    arr[:2, :2] = value
+    write_exr(tmp_path / "x.exr", arr, half=False)
+    with pytest.raises(DelitError, match=outcome):
+        read_hdr(tmp_path / "x.exr")
+
+
+def test_tiny_negative_hdri_values_are_clamped_with_a_warning(tmp_path, caplog):
+    from delit_cache.data.imageio import read_hdr, write_exr
+
+    arr = np.ones((8, 16, 3), np.float32)
+    arr[:2, :2] = -0.003
+    write_exr(tmp_path / "x.exr", arr, half=False)
+    with caplog.at_level("WARNING", logger="delit"):
+        out = read_hdr(tmp_path / "x.exr")
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert "12 small negative values (min -0.003) clamped to 0" in caplog.text
+
+
+@pytest.mark.parametrize("array", ["key", "block_done", "env"])
+def test_cache_with_a_missing_array_is_one_line(array, tmp_path, cache_path, capsys):
+    import shutil
+
+    broken = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, broken)
+    shutil.rmtree(broken / array)
+    assert main(["cache", "verify", str(broken)]) == 2
+    assert f"array '{array}' is missing" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--report", "{file}"], "{file}: Not a directory"),
+        (["--report", "{file}/r"], "{file}/r: Not a directory"),
+        (["--json", "{dir}"], "{dir}: Is a directory"),
+        (["--json", "{file}/x.json"], "{file}: Not a directory"),
+        (["--report", "{dir}/r", "--examples", "65"], "less than or equal to 64"),
+    ],
+)
+def test_eval_output_paths_fail_before_the_model_runs(extra, expected, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    shard = tmp_path / "shard-000000.tar"
+    tarfile.open(shard, "w").close()
+    fill = {"file": str(blocker), "dir": str(tmp_path)}
+    args = ["eval", "--checkpoint", "demo", "--vae", "nonexistent-vae", "--data", str(shard)]
+    assert main([*args, *(a.format(**fill) for a in extra)]) == 2
+    assert expected.format(**fill) in _one_error_line(capsys)  # not the VAE's error: checked first
+    assert blocker.read_text() == "x"

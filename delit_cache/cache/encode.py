@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
-import tarfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -37,7 +35,8 @@ import torch
 from delit_cache.cache import integrity
 from delit_cache.cache import store as cache_mod
 from delit_cache.data.augment import augment_sample
-from delit_cache.data.shards import decode_sample, expand_shards, raw_samples
+from delit_cache.data.shards import REQUIRED_FIELDS, decode_sample, expand_shards, raw_samples
+from delit_cache.data.tarscan import scan_shard
 from delit_cache.lighting.envmap import resample_env
 from delit_cache.models.transform import PortraitTransform
 from delit_cache.train.distributed import (
@@ -53,7 +52,6 @@ from delit_cache.utils.errors import DelitError
 from delit_cache.utils.faults import fault_point
 from delit_cache.utils.logs import get_logger, progress_bar
 
-_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
 log = get_logger(__name__)
 
 
@@ -79,32 +77,29 @@ class EncodeSummary:
 
 
 def shard_keys(path: Path) -> list[str]:
-    """Sample keys of a tar shard in order, from the tar headers only."""
-    keys: list[str] = []
-    seen: set[str] = set()
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                match = _MEMBER.match(member.name) if member.isfile() else None
-                if match and match.group(1) not in seen:
-                    seen.add(match.group(1))
-                    keys.append(match.group(1))
-    except (tarfile.TarError, OSError) as exc:
-        raise DelitError(f"{path}: not a readable tar shard ({exc})") from None
-    return keys
+    """Sample keys of a tar shard in order, from the tar headers only; a damaged shard raises
+    one ``DamagedShard`` line (the shard, the last intact key, how many precede the damage)."""
+    scan = scan_shard(path, REQUIRED_FIELDS)
+    if scan.damage:
+        raise scan.error()
+    return scan.keys
+
+
+def keys_by_shard(shards: Sequence[Path]) -> dict[Path, list[str]]:
+    """``shard_keys`` of every distinct shard (resolved paths, in order)."""
+    return {shard: shard_keys(shard) for shard in dict.fromkeys(Path(s).resolve() for s in shards)}
 
 
 def plan_entries(
-    shards: Sequence[Path], existing: set[str], augment: int
+    keys_of: dict[Path, list[str]], existing: set[str], augment: int
 ) -> tuple[list[cache_mod.Entry], int]:
-    """New rows for ``shards`` (K variants per sample) not in ``existing``; and the skip count.
-
-    Raises ``DelitError`` when one sample key is in two shards."""
+    """New rows for the shards' keys (K variants per sample) not in ``existing``; and the skip
+    count. Raises ``DelitError`` when one sample key is in two shards."""
     entries: list[cache_mod.Entry] = []
     skipped = 0
     first_shard: dict[str, Path] = {}
-    for shard in dict.fromkeys(Path(s).resolve() for s in shards):
-        for key in shard_keys(shard):
+    for shard, keys in keys_of.items():
+        for key in keys:
             if cache_mod.VARIANT_SEP in key:
                 raise DelitError(f"{shard}: sample key {key!r} contains '#'")
             if key in first_shard:
@@ -175,11 +170,13 @@ def drop_vanished(out: Path, group) -> int:
 def _plan_on_main(
     out: Path, spec: cache_mod.CacheSpec, block_size: int, shards: list[Path]
 ) -> tuple[int, int]:
-    """Rank 0: open/create the store, repair it and append the new rows; (planned, skipped)."""
+    """Rank 0: read the shards' keys (a damaged shard stops here, before the store is made),
+    open/create the store, repair it and append the new rows; (planned, skipped)."""
+    keys_of = keys_by_shard(shards)
     group = cache_mod.open_store(out, spec, block_size)
     repair_damage(out, group)
     drop_vanished(out, group)
-    entries, skipped = plan_entries(shards, cache_mod.planned_keys(group), spec.augment)
+    entries, skipped = plan_entries(keys_of, cache_mod.planned_keys(group), spec.augment)
     cache_mod.plan_append(group, entries)
     return len(entries), skipped
 

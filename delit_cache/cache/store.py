@@ -62,6 +62,7 @@ ENV_SIZE = (128, 256)
 DATA_ARRAYS = ("relit_latent", "flat_latent", "env")
 VARIANT_SEP = "#"
 CHECKED_ARRAYS = (*DATA_ARRAYS, *integrity.META_ARRAYS)
+STRUCTURE_ARRAYS = (*CHECKED_ARRAYS, "block_done")  # every cache has these (digests: newer ones)
 log = get_logger(__name__)
 
 
@@ -143,6 +144,15 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
             f"{path}: cache format version {group.attrs.get('format_version')} is not "
             f"supported (expected {FORMAT_VERSION})"
         )
+    for name in STRUCTURE_ARRAYS:
+        try:
+            group[name]
+        except Exception as exc:
+            reason = "missing" if isinstance(exc, KeyError) else f"unreadable ({exc})"
+            raise DelitError(
+                f"{path}: array {name!r} is {reason}; the store cannot be repaired in place "
+                "(delete it and rerun delit encode)"
+            ) from None
     return group
 
 

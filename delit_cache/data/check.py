@@ -31,6 +31,7 @@ from delit_cache.data.shards import (
     expand_shards,
     raw_samples,
 )
+from delit_cache.data.tarscan import DamagedShard
 from delit_cache.utils.errors import DelitError
 
 LDR_EXTS = (".png", ".jpg", ".jpeg")
@@ -93,10 +94,8 @@ def check_shards(shards: str | Path | list[str | Path]) -> CheckReport:
             for raw in raw_samples([shard]):
                 report.n_samples += 1
                 _check_raw(raw, shard, seen, report.problems)
-        except DelitError:
-            raise
-        except Exception as exc:  # a broken tar: report and go on with the next shard
-            report.problems.append(f"{shard}: unreadable shard ({_short(exc)})")
+        except DamagedShard as exc:  # a broken tar: report and go on with the next shard
+            report.problems.append(str(exc))
     return report
 
 

@@ -10,7 +10,7 @@ Policies:
   RGBE codec here (flat and new-style RLE scanlines, ``-Y H +X W`` orientation only). With
   ``check=True`` (default) NaN, Inf or negative values are an error, except tiny negatives
   (down to -1 % of the mean absolute radiance) that lossy EXR codecs (DWA) leave around
-  black; those are clamped to 0.
+  black; those are clamped to 0 with a warning.
 - LDR (``read_ldr``): sRGB-encoded values scaled to [0, 1] (8-bit / 255, 16-bit / 65535),
   NOT linearised. EXIF orientation is applied. Grayscale is replicated to three channels.
   Palette and CMYK images are converted to RGB. Alpha is never composited: the colour is
@@ -33,11 +33,14 @@ import numpy as np
 import torch
 
 from delit_cache.utils.atomic import atomic_path
+from delit_cache.utils.cstderr import captured_output
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.logs import get_logger
 
 HDR_EXTS = (".exr", ".hdr", ".rgbe", ".pic")
 LDR_EXTS = (".png", ".jpg", ".jpeg")
 HALF_MAX = 65504.0
+log = get_logger(__name__)
 
 # ----------------------------------------------------------------------------- sRGB
 
@@ -119,6 +122,12 @@ def _check_radiance(arr: np.ndarray, path) -> np.ndarray:
         tol = NEG_TOLERANCE * float(np.abs(arr).mean()) + 1e-6
         if low < -tol:
             raise DelitError(f"{path}: contains negative radiance (min {low:.4g})")
+        log.warning(
+            "%s: %d small negative values (min %.3g) clamped to 0 (lossy-codec noise)",
+            path,
+            int((arr < 0).sum()),
+            low,
+        )
         arr = np.maximum(arr, 0.0)
     return arr
 
@@ -127,7 +136,7 @@ def read_hdr(path: str | Path, check: bool = True) -> np.ndarray:
     """Read a linear HDR image (.exr or .hdr) -> float32 ``[H,W,3]``.
 
     ``check=True`` raises ``DelitError`` on NaN, Inf or negative values (codec-noise negatives
-    down to -1 % of the mean |radiance| are clamped to 0 instead).
+    down to -1 % of the mean |radiance| are clamped to 0, with a warning).
     """
     path = Path(path)
     if not path.is_file():
@@ -144,14 +153,35 @@ def read_hdr(path: str | Path, check: bool = True) -> np.ndarray:
     return arr
 
 
-def _read_exr(path: Path) -> np.ndarray:
+def read_exr_channels(source, name) -> dict[str, np.ndarray]:
+    """The channels of an OpenEXR file (a path or a binary file object) by name.
+
+    A truncated or damaged file raises one ``DelitError`` naming ``name``; what OpenEXR's C
+    library prints on stderr about it is folded into that message instead of leaking out.
+    """
     import OpenEXR
 
     try:
-        with OpenEXR.File(str(path), separate_channels=True) as f:
+        with captured_output() as noise, OpenEXR.File(source, separate_channels=True) as f:
             chans = {k: np.asarray(v.pixels) for k, v in f.channels().items()}
     except Exception as exc:
-        raise DelitError(f"{path}: unreadable OpenEXR file ({exc})") from None
+        detail = _exr_detail(noise.lines(), str(name)) or str(exc)
+        raise DelitError(
+            f"{name}: unreadable OpenEXR file, truncated or damaged ({detail[:200]})"
+        ) from None
+    noise.replay()
+    return chans
+
+
+def _exr_detail(lines: list[str], name: str) -> str:
+    """The most telling line OpenEXR printed (its last ``EXR_ERR`` line), without the name."""
+    errors = [ln for ln in lines if "(EXR_ERR" in ln] or lines
+    line = errors[-1] if errors else ""
+    return line.removeprefix(name).removeprefix(":").strip()
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    chans = read_exr_channels(str(path), path)
     if all(c in chans for c in "RGB"):
         arr = np.stack([chans[c] for c in "RGB"], axis=-1)
     elif "Y" in chans:

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from delit_cache.data.imageio import HALF_MAX
+from delit_cache.data.imageio import HALF_MAX, read_exr_channels
+from delit_cache.data.tarscan import scan_shard
 from delit_cache.utils.errors import DelitError
 
 REQUIRED_FIELDS = ("relit.png", "flat.png", "env.exr")
@@ -138,17 +139,15 @@ def encode_exr(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def decode_exr(data: bytes) -> torch.Tensor:
+def decode_exr(data: bytes, name: str = "OpenEXR data") -> torch.Tensor:
     """Decode OpenEXR bytes to float32 [3,H,W] (a grey single-channel file is repeated)."""
-    with OpenEXR.File(io.BytesIO(data), separate_channels=True) as f:
-        ch = f.channels()
-        names = list(ch)
-        if all(c in ch for c in "RGB"):
-            planes = [ch[c].pixels for c in "RGB"]
-        elif len(names) >= 1:
-            planes = [ch[names[0]].pixels] * 3
-        else:
-            raise ValueError("no channels")
+    ch = read_exr_channels(io.BytesIO(data), name)
+    if all(c in ch for c in "RGB"):
+        planes = [ch[c] for c in "RGB"]
+    elif ch:
+        planes = [next(iter(ch.values()))] * 3
+    else:
+        raise DelitError(f"{name}: no channels")
     arr = np.stack([np.asarray(p, dtype=np.float32) for p in planes])
     return torch.from_numpy(arr)
 
@@ -205,9 +204,9 @@ def decode_sample(raw: dict[str, Any], size: int | tuple[int, int] | None = None
             "key": key,
             "relit": decode_png(raw["relit.png"]),
             "flat": decode_png(raw["flat.png"]),
-            "env": decode_exr(raw["env.exr"]),
+            "env": decode_exr(raw["env.exr"], "env.exr"),
             "mask": decode_png(raw["mask.png"], 1) if "mask.png" in raw else None,
-            "normal": decode_exr(raw["normal.exr"]) if "normal.exr" in raw else None,
+            "normal": decode_exr(raw["normal.exr"], "normal.exr") if "normal.exr" in raw else None,
             "meta": json.loads(raw["json"]) if "json" in raw else {},
             "source": str(raw.get("__url__", "")),
         }
@@ -231,10 +230,40 @@ def _resize_images(sample: dict[str, Any], hw: tuple[int, int]) -> None:
 
 
 def raw_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Yield raw samples (``__key__``, ``__url__``, field -> bytes) of ``shards`` in order."""
-    urls = [str(p) for p in shards]
-    pipe = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
-    yield from pipe
+    """Yield raw samples (``__key__``, ``__url__``, field -> bytes) of ``shards`` in order.
+
+    Every shard's headers are scanned first: a truncated or damaged shard raises one
+    ``DamagedShard`` (naming it, the last intact sample and how many precede the damage)
+    before any sample is read.
+    """
+    shards = list(shards)
+    for shard in shards:
+        scan = scan_shard(shard, REQUIRED_FIELDS)
+        if scan.damage:
+            raise scan.error()
+    for shard in shards:
+        yield from _shard_samples(Path(shard))
+
+
+def _shard_samples(shard: Path) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard; a read error becomes a ``DamagedShard`` line."""
+    read = 0
+    try:
+        for raw in wds.tarfile_to_samples()(iter([{"url": str(shard)}])):
+            yield raw
+            read += 1
+    except DelitError:
+        raise
+    except Exception as exc:  # the shard changed or holds something the scan cannot see
+        scan = scan_shard(shard, REQUIRED_FIELDS)
+        scan.damage = scan.damage or " ".join(str(exc.args[0] if exc.args else exc).split())
+        raise scan.error(min(read, len(scan.keys))) from None
+
+
+def _tar_samples(urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: ``{"url": ...}`` items -> raw samples (see :func:`_shard_samples`)."""
+    for item in urls:
+        yield from _shard_samples(Path(item["url"]))
 
 
 def iter_samples(
@@ -264,7 +293,7 @@ def make_pipeline(
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if shuffle > 0:
         stages.append(wds.detshuffle(bufsize=len(urls), seed=seed))
-    stages += [wds.split_by_worker, wds.tarfile_to_samples()]
+    stages += [wds.split_by_worker, _tar_samples]
     if shuffle > 0:
         stages.append(wds.shuffle(shuffle))
     stages.append(wds.map(functools.partial(decode_sample, size=size)))

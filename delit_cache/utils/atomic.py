@@ -7,6 +7,7 @@ A reader never sees a half-written file, and an interrupted write leaves only th
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -26,6 +27,29 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p path``; a regular file on the way is ``NotADirectoryError`` naming ``path``
+    (``mkdir`` itself says "File exists")."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Make the folder of an output file; refuse a path that is a folder (``OSError``).
+
+    Commands call it on their output paths before the work, so that a bad path fails first.
+    """
+    path = Path(path)
+    make_dir(path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
@@ -33,8 +57,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temp name keeps the suffix of ``path`` so that writers that choose a format by
     extension (PIL, OpenEXR) still work.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
