@@ -14,6 +14,9 @@ machine's load hits both:
 - ``lazy``: the command as shipped (DiffSynth's VAE module file loaded alone);
 - ``plain``: the same command after ``import diffsynth.models.wan_video_vae``, the import it
   used to do (the whole DiffSynth package: transformers, its attention and data code);
+- ``lazy, 1 thread``: the lazy path with ``OMP_NUM_THREADS=1``: on a shared machine two
+  torch threads spin while they wait for each other, so this row's CPU time is the closest
+  to the work itself;
 - ``import torch``: a process that only imports torch, the floor of any start-up.
 
 Then, in this process, the model alone: ``Delighter.predict`` on the photo after one warm-up
@@ -24,6 +27,7 @@ is less sensitive to it than wall time.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shlex
 import statistics
@@ -58,11 +62,11 @@ def make_photo(path: Path, size: int) -> Path:
     return path
 
 
-def timed_process(cmd: list[str]) -> tuple[float, float]:
+def timed_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run ``cmd`` to completion; (wall seconds, CPU seconds). Raises if it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -75,9 +79,11 @@ def commands(photo: Path, out: Path) -> dict[str, list[str]]:
     args = [str(photo), "--vae", "demo", "--checkpoint", "demo", "--out", str(out)]
     args += ["--device", "cpu"]
     run = f"from delit_cli.app import main; main({['infer', *args]!r})"
+    lazy = [sys.executable, "-m", "delit_cli", "infer", *args]
     return {
-        "lazy (as shipped)": [sys.executable, "-m", "delit_cli", "infer", *args],
+        "lazy (as shipped)": lazy,
         "plain (whole diffsynth imported)": [sys.executable, "-c", PLAIN_PRELUDE + run],
+        "lazy, 1 thread (OMP_NUM_THREADS=1)": lazy,
         "import torch only": [sys.executable, "-c", "import torch"],
     }
 
@@ -107,7 +113,8 @@ def measure(size: int, runs: int) -> list[dict]:
         cpus: dict[str, list[float]] = {name: [] for name in cmds}
         for _ in range(runs):
             for name, cmd in cmds.items():
-                wall, cpu = timed_process(cmd)
+                env = os.environ | {"OMP_NUM_THREADS": "1"} if "1 thread" in name else None
+                wall, cpu = timed_process(cmd, env)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
         rows = [

@@ -63,7 +63,7 @@ def test_infer_cpu_table(tmp_path):
     assert out.read_text() == text
     _header_ok(text)
     rows = _table(text)
-    assert [r["path"].split(" ")[0] for r in rows] == ["lazy", "plain", "import", "model"]
+    assert [r["path"].split(" ")[0] for r in rows] == ["lazy", "plain", "lazy,", "import", "model"]
     for row in rows:
         _positive(row["wall_median_s"])
         if not row["path"].startswith("model"):

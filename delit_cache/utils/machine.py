@@ -40,7 +40,7 @@ def load_average() -> str:
 def run_header(title: str, command: str, device: torch.device | str = "cpu") -> list[str]:
     """Markdown lines that open a benchmark table: title, date, machine, command, load."""
     cores = os.cpu_count() or 0
-    return [
+    lines = [
         f"# {title}",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
@@ -48,3 +48,10 @@ def run_header(title: str, command: str, device: torch.device | str = "cpu") -> 
         f"- command: `{command}`",
         f"- load average at the start (1/5/15 min): {load_average()}",
     ]
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores and busy > cores:
+        lines.append(
+            f"- shared machine: the 1-minute load ({busy:.1f}) exceeds the {cores} cores, so "
+            "wall times are inflated by other work; CPU times less so"
+        )
+    return lines
