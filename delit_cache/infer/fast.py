@@ -11,7 +11,7 @@
   arithmetic there).
 
 All of it leaves the values the same up to float rounding (checked against the plain float32
-path by ``benchmarks/gpu_all.sh`` / ``benchmarks/infer_speed.py``).
+path by ``benchmarks/gpu_all.sh`` (``benchmarks/gpu_speed.py infer``)).
 """
 
 from __future__ import annotations
