@@ -58,6 +58,15 @@ def encode_cmd(
             "--compile", help="torch.compile the encoder (minutes to compile; big caches)."
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Image-decoding threads; blocks are then written in the background "
+            "(0: every stage in turn).",
+        ),
+    ] = 2,
 ) -> None:
     """Encode relit and flat images of SHARDS with the frozen VAE into a Zarr latent cache.
 
@@ -71,6 +80,7 @@ def encode_cmd(
     summary = encode_shards(
         vae, data, out, size=size, batch_size=batch_size, device=device, dtype=dtype,
         augment=augment, seed=seed, block_size=block_size, progress=progress, compile=compile,
+        workers=workers,
     )  # fmt: skip
     if dist_info().is_main:
         typer.echo(

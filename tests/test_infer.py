@@ -194,3 +194,22 @@ def test_infer_checkpoint_folder_without_config_is_one_error_line(
     code = main([*args, "--vae", str(tiny_vae_pth), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "without config.json" in err[0]
+
+
+def test_infer_imports_only_what_it_needs(tmp_path):
+    """The start-up path: no DiffSynth package, transformers, torchvision, zarr, webdataset
+    or tensorboard for `delit infer` (they cost seconds of import time)."""
+    import subprocess
+    import sys
+
+    Image.fromarray(photo(40, 40, seed=1)).save(tmp_path / "p.png")
+    args = [str(tmp_path / "p.png"), "--vae", "demo", "--checkpoint", "demo", "--size", "32"]
+    args += ["--out", str(tmp_path / "o"), "--device", "cpu"]
+    code = (
+        "import sys; from delit_cli.app import main; "
+        f"assert main({['infer', *args]!r}) == 0; "
+        "heavy = ('diffsynth', 'transformers', 'torchvision', 'zarr', 'webdataset', "
+        "'tensorboard'); bad = [m for m in heavy if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "o" / "p_flat.png").is_file()

@@ -69,7 +69,7 @@ def test_fresh_adapters_are_an_exact_noop(vae):
 
 
 def test_targets_by_type_without_time_conv_and_rank_alpha(vae):
-    from delit_cache.vae._diffsynth import CausalConv3d
+    from delit_cache.vae.diffsynth_wan import CausalConv3d
 
     plain = [
         n

@@ -293,3 +293,37 @@ def test_compiled_codec_runs_fixed_chunks_and_matches(tiny_vae_pth, tiny_vae):
     torch.testing.assert_close(vae.decode(z), tiny_vae.decode(z), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         vae.compile_codec(batch_size=0)
+
+
+def test_channels_last_gives_the_same_codec(tiny_vae_pth, tiny_vae):
+    vae = load_wan_vae(tiny_vae_pth)
+    vae.channels_last = True
+    assert vae.channels_last
+    x = _images(2, 48, 40, seed=5)
+    z = vae.encode(x)
+    torch.testing.assert_close(z, tiny_vae.encode(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae.decode(z), tiny_vae.decode(z), rtol=1e-5, atol=1e-5)
+    vae.channels_last = False
+    torch.testing.assert_close(vae.encode(x), z, rtol=1e-5, atol=1e-5)
+
+
+def test_the_vae_code_loads_without_the_diffsynth_package():
+    """Only DiffSynth's wan_video_vae.py runs: not its __init__ (transformers and all)."""
+    code = (
+        "import sys; from delit_cache.vae import new_wan_vae; new_wan_vae(dim=8); "
+        "bad = [m for m in ('diffsynth', 'transformers', 'torchvision') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_diffsynth_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    from delit_cache.vae import wan_source
+
+    monkeypatch.delitem(sys.modules, "diffsynth", raising=False)
+    monkeypatch.delitem(sys.modules, wan_source.PRIVATE_NAME, raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(DelitError, match="diffsynth is not installed"):
+        wan_source.wan_video_vae_module()

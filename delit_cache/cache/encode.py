@@ -10,7 +10,12 @@ Steps (see ``delit_cache.cache.store`` for the store layout):
    is refused), drops keys the store already plans, and appends the rest as whole blocks.
 2. After a barrier every rank lists the blocks not yet marked done (new ones and those an
    interrupted run left) and encodes blocks ``rank, rank + W, ...``: ranks never share a chunk.
-   Each block's arrays are written first, its ``block_done`` flag last.
+   Each block's arrays are written first, its ``block_done`` flag last. With ``workers`` > 0
+   (the default) shard samples are decoded in worker threads and blocks are written by a
+   background thread (``delit_cache.cache.pipeline``), so the encoder rarely waits; on CUDA
+   the images go through pinned memory with asynchronous copies. ``workers=0`` runs every
+   stage in turn in the main thread (the plain path). ``EncodeSummary.stages`` says how long
+   each stage was busy and ``limiting_stage`` which one the encoder waited for.
 3. After a second barrier rank 0 stamps the update time.
 
 Rerunning the same command therefore resumes an interrupted encode, and running it with more
@@ -25,8 +30,8 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +39,7 @@ import torch
 
 from delit_cache.cache import integrity
 from delit_cache.cache import store as cache_mod
+from delit_cache.cache.pipeline import BackgroundWriter, StageClock, ordered_map
 from delit_cache.data.augment import augment_sample
 from delit_cache.data.shards import REQUIRED_FIELDS, decode_sample, expand_shards, raw_samples
 from delit_cache.data.tarscan import scan_shard
@@ -63,6 +69,7 @@ class EncodeOptions:
     batch_size: int  # images per VAE call (relit and flat together: 2x this)
     seed: int  # augmentation seed
     progress: bool  # show a progress bar on rank 0
+    workers: int = 0  # decoding threads; > 0 also writes blocks in a background thread
 
 
 @dataclass
@@ -74,6 +81,36 @@ class EncodeSummary:
     skipped: int  # shard samples whose keys were already in the store
     encoded: int  # rows encoded by this rank
     seconds: float  # wall time of this rank's encoding
+    # busy seconds of this rank's stages: "decode" (shard reading and image decoding, summed
+    # over workers), "encode" (the VAE, copies included), "write" (Zarr), and what the
+    # encoding loop spent waiting: "wait_input" (for decoded images), "wait_write" (for a
+    # full write queue; with workers=0 the writes themselves)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def encoder_share(self) -> float:
+        """The encoder's busy time as a fraction of the wall time (0 when nothing ran)."""
+        return self.stages.get("encode", 0.0) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def limiting_stage(self) -> str:
+        """``encode`` when the encoder was busy most of the time, else what it waited for."""
+        waits = {
+            "decode": self.stages.get("wait_input", 0.0),
+            "write": self.stages.get("wait_write", 0.0),
+        }
+        if max(waits.values()) <= 0.1 * max(self.seconds, 1e-9):
+            return "encode"
+        return max(waits, key=waits.get)
+
+    def stage_line(self) -> str:
+        """One line: wall time, each stage's busy time, the encoder's share, the limit."""
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(self.stages.items()))
+        return (
+            f"encode stages: wall {self.seconds:.2f} s; {parts}; encoder busy "
+            f"{100 * self.encoder_share:.0f} % of the wall time; limiting stage: "
+            f"{self.limiting_stage}"
+        )
 
 
 def shard_keys(path: Path) -> list[str]:
@@ -224,9 +261,25 @@ def _sample_variants(
 
 
 def iter_block_inputs(
-    group, blocks: Sequence[int], size: int, seed: int
+    group,
+    blocks: Sequence[int],
+    size: int,
+    seed: int,
+    workers: int = 0,
+    clock: StageClock | None = None,
 ) -> Iterator[tuple[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]]:
-    """Yield ``(block, inputs in row order)`` for ``blocks``, reading each shard once."""
+    """Yield ``(block, inputs in row order)`` for ``blocks``, reading each shard once.
+
+    ``workers`` > 0 decodes samples on that many threads (same results, same order);
+    ``clock`` collects the decoding time under ``decode``.
+    """
+    clock = clock or StageClock()
+
+    def decode(job: tuple[dict, list[tuple[int, int, int]]]):
+        raw, targets = job
+        with clock.stage("decode"):
+            return targets, _sample_variants(raw, [v for _, _, v in targets], size, seed)
+
     rows_of = {b: cache_mod.block_rows(group, b) for b in blocks}
     wanted: OrderedDict[str, dict[str, list[tuple[int, int, int]]]] = OrderedDict()
     for b in blocks:
@@ -240,11 +293,8 @@ def iter_block_inputs(
     for source, per_key in wanted.items():
         if not Path(source).is_file():
             raise DelitError(f"{source}: shard listed in the cache is gone (needed to resume)")
-        for raw in raw_samples([Path(source)]):
-            targets = per_key.pop(raw["__key__"], None)
-            if not targets:
-                continue
-            made = _sample_variants(raw, [v for _, _, v in targets], size, seed)
+        jobs = ((raw, per_key.pop(raw["__key__"], None)) for raw in raw_samples([Path(source)]))
+        for targets, made in ordered_map(decode, (j for j in jobs if j[1]), workers):
             for (b, slot, _), item in zip(targets, made, strict=True):
                 buffers[b][slot] = item
                 filled[b] += 1
@@ -258,17 +308,27 @@ def iter_block_inputs(
 def encode_block(
     vae, inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch_size: int
 ) -> dict[str, np.ndarray]:
-    """Encode one block's inputs -> numpy arrays for ``cache.write_block``."""
+    """Encode one block's inputs -> numpy arrays for ``cache.write_block``.
+
+    On CUDA each batch is staged in pinned memory and copied without blocking, and the
+    latents come back once the whole block is queued, so the host runs ahead of the GPU.
+    """
     if not inputs:
         return {n: np.zeros((0, 1), dtype=np.float32) for n in cache_mod.DATA_ARRAYS}
-    latents: dict[str, list[np.ndarray]] = {"relit_latent": [], "flat_latent": []}
     device = next(vae.parameters()).device
+    cuda = device.type == "cuda"
+    queued: list[tuple[int, torch.Tensor]] = []
     for lo in range(0, len(inputs), batch_size):
         part = inputs[lo : lo + batch_size]
-        images = torch.stack([r for r, _, _ in part] + [f for _, f, _ in part]).to(device)
-        z = vae.encode(images).float().cpu().numpy()
-        latents["relit_latent"].append(z[: len(part)])
-        latents["flat_latent"].append(z[len(part) :])
+        images = torch.stack([r for r, _, _ in part] + [f for _, f, _ in part])
+        if cuda:
+            images = images.pin_memory()
+        queued.append((len(part), vae.encode(images.to(device, non_blocking=cuda))))
+    latents: dict[str, list[np.ndarray]] = {"relit_latent": [], "flat_latent": []}
+    for n, z in queued:
+        z = z.float().cpu().numpy()
+        latents["relit_latent"].append(z[:n])
+        latents["flat_latent"].append(z[n:])
     env = torch.stack([e for _, _, e in inputs]).float().numpy()
     return {name: np.concatenate(parts) for name, parts in latents.items()} | {"env": env}
 
@@ -279,8 +339,9 @@ def _encode_blocks(
     blocks: list[int],
     opts: EncodeOptions,
     info: DistInfo,
+    clock: StageClock,
 ) -> int:
-    """Encode and write ``blocks``; return the rows written."""
+    """Encode and write ``blocks``; return the rows written. ``clock`` gets the stage times."""
     total = sum(len(cache_mod.block_rows(group, b)) for b in blocks)
     bar = progress_bar(
         total=total,
@@ -288,13 +349,30 @@ def _encode_blocks(
         desc=f"encode rank {info.rank}" if info.enabled else "encode",
         enabled=opts.progress and info.is_main,
     )
+    n_written = 0
+
+    def write(block: int, arrays: dict[str, np.ndarray]) -> None:
+        nonlocal n_written
+        with clock.stage("write"):
+            cache_mod.write_block(group, block, arrays)
+        n_written += 1
+        fault_point("encode.block", n_written)
+
     written = 0
-    inputs = iter_block_inputs(group, blocks, opts.size, opts.seed)
-    for n_done, (block, items) in enumerate(inputs, start=1):
-        cache_mod.write_block(group, block, encode_block(vae, items, opts.batch_size))
-        written += len(items)
-        bar.update(len(items))
-        fault_point("encode.block", n_done)
+    inputs = iter_block_inputs(group, blocks, opts.size, opts.seed, opts.workers, clock)
+    with closing(inputs), BackgroundWriter(write, enabled=opts.workers > 0) as writer:
+        while True:
+            with clock.stage("wait_input"):
+                got = next(inputs, None)
+            if got is None:
+                break
+            block, items = got
+            with clock.stage("encode"):
+                arrays = encode_block(vae, items, opts.batch_size)
+            with clock.stage("wait_write"):
+                writer.submit(block, arrays)
+            written += len(items)
+            bar.update(len(items))
     bar.close()
     return written
 
@@ -313,6 +391,7 @@ def encode_shards(
     progress: bool = True,
     vae=None,
     compile: bool = False,
+    workers: int = 2,
 ) -> EncodeSummary:
     """Encode the samples of ``shards`` into the cache ``out`` (create, resume or append).
 
@@ -321,11 +400,15 @@ def encode_shards(
     (recorded; inference must match). ``augment``: variants per sample (1 = originals only).
     ``vae``: an already loaded ``WanVAE`` (skips loading ``vae_source``). ``compile``: run
     the encoder through ``torch.compile`` (minutes to compile; faster over large caches).
+    ``workers``: image-decoding threads, with blocks written in the background (0: every
+    stage in turn in this thread).
     """
     if size < 8 or size % 8:
         raise DelitError(f"--size {size}: must be a positive multiple of 8")
     if batch_size < 1 or augment < 1:
         raise DelitError("--batch-size and --augment must be >= 1")
+    if workers < 0:
+        raise DelitError(f"--workers {workers}: must be >= 0")
     encode_dtype = resolve_dtype(dtype)
     out = Path(out)
     info = dist_info()
@@ -351,7 +434,7 @@ def encode_shards(
         with ExitStack() as stack:
             planned, skipped = _collective_plan(info, out, spec, block_size, shard_list, stack)
             barrier()
-            opts = EncodeOptions(size, batch_size, seed, progress)
+            opts = EncodeOptions(size, batch_size, seed, progress, workers)
             return _run_encode(out, vae, info, planned, skipped, opts)
     finally:
         cleanup()
@@ -365,11 +448,15 @@ def _run_encode(
 
     group = zarr.open_group(str(out), mode="r+")
     mine = cache_mod.pending_blocks(group)[info.rank :: info.world_size]
+    clock = StageClock()
     start = time.perf_counter()
-    written = _encode_blocks(group, vae, mine, opts, info)
+    written = _encode_blocks(group, vae, mine, opts, info, clock)
     seconds = time.perf_counter() - start
     barrier()
     if info.is_main:
         cache_mod.touch(group)
     rows = len(cache_mod.LatentCache(out))
-    return EncodeSummary(rows, planned, skipped, written, seconds)
+    summary = EncodeSummary(rows, planned, skipped, written, seconds, dict(clock.seconds))
+    if written:
+        log.info("%s", summary.stage_line())
+    return summary

@@ -323,12 +323,18 @@ class Delighter:
         size: int | None = None,
         batch_size: int = 4,
         lora: str | Path | None = None,
+        compile: bool = False,
     ) -> Delighter:
         """Checkpoint (save_pretrained folder, heads file, run folder or ``"demo"``) and VAE
         (path, ``"demo"`` or a loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the
-        VAE's compute dtype; ``lora`` an adapter file for the decoder."""
+        VAE's compute dtype; ``lora`` an adapter file for the decoder. On CUDA the speed
+        settings of ``delit_cache.infer.fast`` apply; ``compile`` adds torch.compile (CUDA
+        graphs at batch 1 on CUDA)."""
+        from delit_cache.infer.fast import speed_up
+
         dev = resolve_device(device)
         model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size, lora=lora)
+        speed_up(model, dev, batch_size, compile=compile)
         return cls(model, transform, dev, batch_size, info)
 
     def __call__(self, image: np.ndarray | torch.Tensor | object) -> DelitResult:

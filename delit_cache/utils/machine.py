@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 from pathlib import Path
 
@@ -25,3 +27,31 @@ def device_name(device: torch.device | str = "cpu") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as one string ("?" where unknown)."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def run_header(title: str, command: str, device: torch.device | str = "cpu") -> list[str]:
+    """Markdown lines that open a benchmark table: title, date, machine, command, load."""
+    cores = os.cpu_count() or 0
+    lines = [
+        f"# {title}",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- machine: {device_name(device)}; {cores} CPU cores visible; torch {torch.__version__}",
+        f"- command: `{command}`",
+        f"- load average at the start (1/5/15 min): {load_average()}",
+    ]
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores and busy > cores:
+        lines.append(
+            f"- shared machine: the 1-minute load ({busy:.1f}) exceeds the {cores} cores, so "
+            "wall times are inflated by other work; CPU times less so"
+        )
+    return lines

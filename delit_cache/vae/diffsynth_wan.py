@@ -1,7 +1,8 @@
 """Everything that touches DiffSynth's Wan VAE code.
 
-Importing ``diffsynth`` is slow, so import this module only inside functions (as
-``delit_cache.vae`` does): ``import delit_cache.vae`` must not load it.
+Import this module only inside functions (as ``delit_cache.vae`` does): ``import
+delit_cache.vae`` must not load it. The code comes from DiffSynth's
+``models/wan_video_vae.py`` alone (``wan_source``), not the whole ``diffsynth`` package.
 
 The single-frame fold: every ``CausalConv3d`` pads ``kt - 1`` zero frames in front of its
 input (``kt`` = temporal kernel size). For a one-frame input without cached frames, the
@@ -15,8 +16,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffsynth.models.wan_video_vae import CausalConv3d, VideoVAE_
 from torch import nn
+
+from delit_cache.vae.wan_source import wan_video_vae_module
+
+_wan = wan_video_vae_module()
+CausalConv3d = _wan.CausalConv3d
+VideoVAE_ = _wan.VideoVAE_
 
 __all__ = ["CausalConv3d", "FoldedCausalConv3d", "NullCache", "VideoVAE_", "build_videovae"]
 
@@ -26,10 +32,12 @@ class FoldedCausalConv3d(CausalConv3d):
 
     Instances are made by swapping the class of existing ``CausalConv3d`` modules (see
     ``fold_single_frame``); the parameters and state-dict keys are unchanged.
-    ``fold_enabled`` switches the 2-D path on or off.
+    ``fold_enabled`` switches the 2-D path on or off; ``channels_last`` runs it in the
+    channels-last memory format (NHWC: faster on tensor cores, same values).
     """
 
     fold_enabled: bool = True
+    channels_last: bool = False
 
     def _foldable(self, x: torch.Tensor, cache_x: torch.Tensor | None) -> bool:
         kt = self.kernel_size[0]
@@ -49,9 +57,13 @@ class FoldedCausalConv3d(CausalConv3d):
         if not self._foldable(x, cache_x):
             return super().forward(x, cache_x)
         pad_w, pad_h = self._padding[0], self._padding[2]
+        x2d, w2d = x[:, :, 0], self.weight[:, :, -1]
+        if self.channels_last:
+            x2d = x2d.contiguous(memory_format=torch.channels_last)
+            w2d = w2d.contiguous(memory_format=torch.channels_last)
         out = F.conv2d(
-            x[:, :, 0],
-            self.weight[:, :, -1],
+            x2d,
+            w2d,
             self.bias,
             stride=self.stride[1:],
             padding=(pad_h, pad_w),
@@ -59,6 +71,16 @@ class FoldedCausalConv3d(CausalConv3d):
             groups=self.groups,
         )
         return out.unsqueeze(2)
+
+
+def set_channels_last(model: nn.Module, enabled: bool) -> None:
+    """Run ``model``'s folded convs and its plain 2-D convs in channels-last format (or not)."""
+    fmt = torch.channels_last if enabled else torch.contiguous_format
+    for module in model.modules():
+        if isinstance(module, FoldedCausalConv3d):
+            module.channels_last = enabled
+        elif isinstance(module, nn.Conv2d):
+            module.to(memory_format=fmt)
 
 
 def fold_single_frame(model: nn.Module, enabled: bool = True) -> int:

@@ -28,7 +28,7 @@ def _wrap(block: torch.nn.Module, null_cache: type) -> None:
 def checkpoint_decoder_blocks(vae) -> int:
     """Checkpoint every middle and upsample block of ``vae``'s decoder; return how many
     (idempotent: blocks already wrapped are skipped)."""
-    from delit_cache.vae._diffsynth import NullCache
+    from delit_cache.vae.diffsynth_wan import NullCache
 
     decoder = vae.model.decoder
     count = 0

@@ -57,7 +57,7 @@ class LoraSpec:
 
 
 def _causal_conv_classes():
-    from delit_cache.vae._diffsynth import CausalConv3d, fold_single_frame
+    from delit_cache.vae.diffsynth_wan import CausalConv3d, fold_single_frame
 
     return CausalConv3d, fold_single_frame
 

@@ -119,12 +119,27 @@ class WanVAE(nn.Module):
         fold_single_frame(self.model, bool(enabled))
         self._fast = bool(enabled)
 
-    def compile_codec(self, batch_size: int, backend: str = "inductor") -> WanVAE:
+    @property
+    def channels_last(self) -> bool:
+        """Whether the single-frame path runs in the channels-last (NHWC) memory format."""
+        return getattr(self, "_channels_last", False)
+
+    @channels_last.setter
+    def channels_last(self, enabled: bool) -> None:
+        from delit_cache.vae.diffsynth_wan import set_channels_last
+
+        set_channels_last(self.model, bool(enabled))
+        self._channels_last = bool(enabled)
+
+    def compile_codec(
+        self, batch_size: int, backend: str = "inductor", mode: str | None = None
+    ) -> WanVAE:
         """Run the single-frame encoder and decoder through ``torch.compile`` (inductor).
 
         Every call then runs in chunks of exactly ``batch_size`` images (a shorter last chunk
         is padded with zeros and cut off again), so each graph compiles once. Compiling takes
         minutes on CPU and pays off over thousands of images (``delit encode --compile``).
+        ``mode``: torch.compile's mode; ``"reduce-overhead"`` replays CUDA graphs on CUDA.
         """
         if not self._fast:
             raise ValueError("compile_codec needs the single-frame fast path")
@@ -135,10 +150,10 @@ class WanVAE(nn.Module):
         model = self.model
         self._compiled = {
             "encode": torch.compile(
-                lambda x: ds.encode_one_frame(model, x), dynamic=False, backend=backend
+                lambda x: ds.encode_one_frame(model, x), dynamic=False, backend=backend, mode=mode
             ),
             "decode": torch.compile(
-                lambda z: ds.decode_one_frame(model, z), dynamic=False, backend=backend
+                lambda z: ds.decode_one_frame(model, z), dynamic=False, backend=backend, mode=mode
             ),
         }
         self._compiled_batch = batch_size

@@ -1,0 +1,145 @@
+"""The benchmark scripts run at the tiniest sizes, so they cannot rot: each must finish and
+print its table with the expected columns and finite, positive measurements."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> str:
+    env = os.environ | {"PYTHON": sys.executable}
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """The first markdown table of ``text`` (``a | b`` rows under a ``--- | ---`` line)."""
+    lines = [line for line in text.splitlines() if " | " in line]
+    assert len(lines) >= 3, text
+    header = [c.strip() for c in lines[0].split("|")]
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    rows = []
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.split("|")]
+        assert len(cells) == len(header), line
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _positive(value: str) -> float:
+    number = float(value.replace("%", ""))
+    assert math.isfinite(number) and number > 0, value
+    return number
+
+
+def _header_ok(text: str) -> None:
+    for field in ("- date: ", "- machine: ", "- command: ", "- load average"):
+        assert field in text, field
+
+
+def test_infer_cpu_table(tmp_path):
+    out = tmp_path / "infer.md"
+    text = _run(
+        [
+            sys.executable,
+            "benchmarks/infer_cpu.py",
+            "--size",
+            "64",
+            "--runs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.read_text() == text
+    _header_ok(text)
+    rows = _table(text)
+    assert [r["path"].split(" ")[0] for r in rows] == ["lazy", "plain", "lazy,", "import", "model"]
+    for row in rows:
+        _positive(row["wall_median_s"])
+        if not row["path"].startswith("model"):
+            _positive(row["wall_min_s"]), _positive(row["cpu_median_s"])
+
+
+def test_encode_pipeline_table(tmp_path):
+    out = tmp_path / "encode.md"
+    args = ["--n", "4", "--size", "32", "--batch-size", "2", "--block-size", "2"]
+    text = _run(
+        [
+            sys.executable,
+            "benchmarks/encode_pipeline.py",
+            *args,
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.read_text() == text
+    _header_ok(text)
+    assert "identical arrays from both paths: yes" in text
+    rows = _table(text)
+    assert [r["path"].split(" ")[0] for r in rows] == ["plain", "pipelined"]
+    for row in rows:
+        for col in ("wall_s", "decode_s", "encode_s", "write_s", "img_per_s"):
+            _positive(row[col])
+        assert 0 < _positive(row["encoder_share"]) <= 100
+        assert row["limiting"] in ("encode", "decode", "write")
+
+
+def test_gpu_all_smoke_writes_every_table(tmp_path):
+    text = _run(["bash", "benchmarks/gpu_all.sh", "--smoke", str(tmp_path)])
+    assert f"tables in {tmp_path}" in text
+    names = sorted(p.name for p in tmp_path.glob("*.md"))
+    assert names == ["encode-float32.md", "encode-pipeline-float32.md", "infer-float32.md"]
+    enc = _table((tmp_path / "encode-float32.md").read_text())
+    assert [r["path"] for r in enc] == ["plain", "fold", "fold+cl", "fold+cl+compile"]
+    for row in enc:
+        _positive(row["img_per_s"])
+        assert float(row["rel_err_vs_fp32_plain"]) < 1e-4  # float32 on CPU: rounding only
+    inf = _table((tmp_path / "infer-float32.md").read_text())
+    assert [(r["path"], r["batch"]) for r in inf] == [
+        ("plain", "1"),
+        ("fast", "1"),
+        ("fast+compile", "1"),
+    ]
+    for row in inf:
+        _positive(row["ms_per_img"])
+        assert float(row["flat_rel"]) < 1e-4 and float(row["env_rel"]) < 1e-4
+    for name in names:
+        _header_ok((tmp_path / name).read_text())
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("bench_vae.py", ["--vae", "demo", "--device", "cpu", "--dtype", "float32", "--size", "32", "--batch", "1", "--iters", "1"]),
+        ("bench_infer.py", ["--vae", "demo", "--device", "cpu", "--size", "32", "--warmup", "0", "--iters", "1"]),
+    ],
+)  # fmt: skip
+def test_older_speed_benchmarks_still_run(script, args):
+    text = _run([sys.executable, f"benchmarks/{script}", *args])
+    numbers = [
+        float(t)
+        for line in text.splitlines()
+        for t in line.replace("|", " ").split()
+        if _is_number(t)
+    ]
+    assert numbers and all(math.isfinite(n) for n in numbers)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
