@@ -188,9 +188,10 @@ def test_mixed_precision_auto_and_bf16_train_on_cpu(tmp_path, cache_path, precis
 
     config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
     run = tmp_path / "run"
-    args = ["train-heads", "--cache", str(cache_path), "--out", str(run), "--config", config]
-    args += ["--steps", "2", "--batch-size", "2", "--mixed-precision", precision, "--device"]
-    with caplog.at_level(logging.INFO, logger="delit"):
+    args = ["-v", "train-heads", "--cache", str(cache_path), "--out", str(run)]
+    args += ["--config", config, "--steps", "2", "--batch-size", "2"]
+    args += ["--mixed-precision", precision, "--device"]
+    with caplog.at_level(logging.DEBUG, logger="delit"):
         assert main([*args, "cpu", "--no-progress"]) == 0
     heads = load_heads(run / "heads.safetensors")
     assert all(p.isfinite().all() for p in heads.parameters())

@@ -97,7 +97,7 @@ class Trainer:
         self.bf16 = cfg.mixed_precision == "bf16" or (
             cfg.mixed_precision == "auto" and has_fast_bf16(self.device)
         )
-        log.info("training on %s, %s", self.device, "bf16 autocast" if self.bf16 else "float32")
+        log.debug("training on %s, %s", self.device, "bf16 autocast" if self.bf16 else "float32")
         heads_cfg = cfg.heads_config()
         if heads_cfg.latent_channels != self.cache.latent_shape[0]:
             raise DelitError(
