@@ -30,11 +30,13 @@ from delit_cache.utils.machine import cpu_model
 
 def run_facts(run: Path) -> tuple[int, int]:
     """(training samples, steps) of a finished run folder, from the facts saved with its
-    heads (runs older than ``train_samples`` there: the config's ``max_samples``, or 0)."""
+    heads; for runs older than ``train_samples`` there, the config's ``max_samples`` or,
+    without a val split, the size of the cache it trained on (0 when unknown)."""
     extra = heads_metadata(run)
-    samples = extra.get("train_samples") or yaml.safe_load((run / "config.yaml").read_text()).get(
-        "max_samples", 0
-    )
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    samples = extra.get("train_samples") or cfg.get("max_samples") or 0
+    if not samples and not cfg.get("val_fraction") and Path(extra.get("cache", "")).is_dir():
+        samples = len(LatentCache(extra["cache"]))
     return int(samples), int(extra.get("step", 0))
 
 
