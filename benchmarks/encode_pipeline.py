@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from delit_cache.utils.machine import load_average, run_header
+    from delit_cache.utils.machine import emit_report, load_average, run_header
 
     command = "python benchmarks/encode_pipeline.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *format_table(rows),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_report(lines, args.out)
     return 0 if same else 1
 
 

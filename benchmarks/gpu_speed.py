@@ -182,7 +182,7 @@ def format_table(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from delit_cache.utils.device import resolve_device
-    from delit_cache.utils.machine import load_average, run_header
+    from delit_cache.utils.machine import emit_report, load_average, run_header
 
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -193,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     header = run_header(title, command, device)
     rows = encode_rows(args, device) if args.what == "encode" else infer_rows(args, device)
     lines = [*header, f"- load average at the end: {load_average()}", "", *format_table(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_report(lines, args.out)
     return 0
 
 

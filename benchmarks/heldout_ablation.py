@@ -122,20 +122,23 @@ def lookup(block: dict, path: tuple[str, ...]) -> float | None:
     return float(block)
 
 
+def metric_cells(block: dict) -> list[str]:
+    """The ``METRICS`` columns of one result block, formatted (``-`` where absent)."""
+    cells = []
+    for _, path, digits in METRICS:
+        v = lookup(block, path)
+        cells.append("-" if v is None else f"{v:.{digits}f}")
+    return cells
+
+
 def table(rows: list[tuple[str, dict, float]], baseline: dict) -> str:
     head = "| variant | train s | " + " | ".join(m for m, _, _ in METRICS) + " |"
     lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
     for name, result, seconds in rows:
-        cells = []
-        for _, path, digits in METRICS:
-            v = lookup(result["model"], path)
-            cells.append("-" if v is None else f"{v:.{digits}f}")
-        lines.append(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + " |")
-    cells = []
-    for _, path, digits in METRICS:
-        v = lookup(baseline, path)
-        cells.append("-" if v is None else f"{v:.{digits}f}")
-    lines.append("| mean-env baseline | - | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {seconds:.0f} | " + " | ".join(metric_cells(result["model"])) + " |"
+        )
+    lines.append("| mean-env baseline | - | " + " | ".join(metric_cells(baseline)) + " |")
     return "\n".join(lines)
 
 

@@ -154,7 +154,7 @@ def format_table(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from delit_cache.utils.machine import load_average, run_header
+    from delit_cache.utils.machine import emit_report, load_average, run_header
 
     command = "python benchmarks/infer_cpu.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     header = run_header(
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = measure(args.size, args.runs)
     lines = [*header, f"- load average at the end: {load_average()}", "", *format_table(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_report(lines, args.out)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from heldout_ablation import METRICS, lookup, score, step_heads
+from heldout_ablation import METRICS, metric_cells, score, step_heads
 
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import iter_samples
@@ -41,11 +41,7 @@ def run_facts(run: Path) -> tuple[int, int]:
 
 
 def row(label: str, samples: int, steps: int, result: dict) -> str:
-    cells = []
-    for _, path, digits in METRICS:
-        v = lookup(result["model"], path)
-        cells.append("-" if v is None else f"{v:.{digits}f}")
-    return f"| {label} | {samples} | {steps} | " + " | ".join(cells) + " |"
+    return f"| {label} | {samples} | {steps} | " + " | ".join(metric_cells(result["model"])) + " |"
 
 
 def main() -> None:
@@ -82,11 +78,7 @@ def main() -> None:
         baseline = result["baseline"]
         print(lines[-1], flush=True)
     if baseline:
-        cells = []
-        for _, path, digits in METRICS:
-            v = lookup(baseline, path)
-            cells.append("-" if v is None else f"{v:.{digits}f}")
-        lines.append("| mean-env baseline | - | - | " + " | ".join(cells) + " |")
+        lines.append("| mean-env baseline | - | - | " + " | ".join(metric_cells(baseline)) + " |")
     text = (
         f"{datetime.date.today()} on {cpu_model()} ({torch.get_num_threads()} threads); "
         f"held-out set {args.val_data} ({len(val_cache)} samples)\n"

@@ -13,21 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from delit_cache.utils.tensors import as_image_batch
+
 _EPS = 1e-12  # floor of denominators
-
-
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
-    """``[C,H,W]`` or ``[B,C,H,W]`` -> float ``[B,C,H,W]``; raises ValueError otherwise."""
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"expected [B,C,H,W] or [C,H,W], got {tuple(x.shape)}")
-    return x.float()
 
 
 def fit_channel_scale(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel least-squares scale ``s = <p,g>/<p,p>`` applied to ``pred``."""
-    p, g = _as_batch(pred), _as_batch(gt)
+    p, g = as_image_batch(pred), as_image_batch(gt)
     s = (p * g).sum(dim=(2, 3), keepdim=True) / (p * p).sum(dim=(2, 3), keepdim=True).clamp_min(
         _EPS
     )
@@ -36,7 +29,7 @@ def fit_channel_scale(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 def psnr(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """PSNR in dB per image -> ``[B]`` (capped at 100 dB for identical images)."""
-    mse = ((_as_batch(pred) - _as_batch(gt)) ** 2).mean(dim=(1, 2, 3))
+    mse = ((as_image_batch(pred) - as_image_batch(gt)) ** 2).mean(dim=(1, 2, 3))
     return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-10))).clamp_max(100.0)
 
 
@@ -52,7 +45,7 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, data_range: float = 1.0) -> torch
     Computed per channel over valid windows (no padding) and averaged; images must be at
     least 11x11. Differentiable.
     """
-    p, g = _as_batch(pred), _as_batch(gt)
+    p, g = as_image_batch(pred), as_image_batch(gt)
     c = p.shape[1]
     if min(p.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11, got {tuple(p.shape[-2:])}")
@@ -79,7 +72,7 @@ def flat_psnr_ssim(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
     The prediction is first scaled per channel by least squares onto the ground truth, then
     clipped to [0, 1].
     """
-    p, g = _as_batch(pred), _as_batch(gt)
+    p, g = as_image_batch(pred), as_image_batch(gt)
     if p.shape != g.shape:
         raise ValueError(f"shapes differ: {tuple(p.shape)} vs {tuple(g.shape)}")
     with torch.no_grad():

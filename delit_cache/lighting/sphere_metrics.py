@@ -31,6 +31,7 @@ from delit_cache.lighting.envmap import (
     solid_angles,
 )
 from delit_cache.lighting.render import render_spheres
+from delit_cache.utils.tensors import as_image_batch
 
 SPHERES = ("diffuse", "matte", "mirror")
 SPHERE_SIZE = 128
@@ -39,18 +40,9 @@ TONEMAP_MEDIAN = 0.5  # protocol_tonemap maps the median non-zero value here
 _EPS = 1e-12  # floor of denominators
 
 
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
-    """``[C,H,W]`` or ``[B,C,H,W]`` -> float ``[B,C,H,W]``; raises ValueError otherwise."""
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"expected [B,C,H,W] or [C,H,W], got {tuple(x.shape)}")
-    return x.float()
-
-
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``[B,C,H,W]`` -> ``[B,C,P]`` of the pixels inside ``mask [H,W]`` (all if None)."""
-    x = _as_batch(x)
+    x = as_image_batch(x)
     return x.flatten(2) if mask is None else x[:, :, mask.to(x.device).bool()]
 
 

@@ -55,3 +55,13 @@ def run_header(title: str, command: str, device: torch.device | str = "cpu") -> 
             "wall times are inflated by other work; CPU times less so"
         )
     return lines
+
+
+def emit_report(lines: list[str], out: Path | None) -> None:
+    """Print a benchmark report (``run_header`` lines, then its table) and, with ``out``,
+    write the same text there."""
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
