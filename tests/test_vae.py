@@ -172,9 +172,7 @@ def test_fast_path_matches_diffsynth_and_skips_conv3d(tiny_vae_pth, monkeypatch)
 
 
 def test_folded_conv_falls_back_for_video_and_cache():
-    from diffsynth.models.wan_video_vae import CausalConv3d
-
-    from delit_cache.vae.diffsynth_wan import FoldedCausalConv3d, fold_single_frame
+    from delit_cache.vae.diffsynth_wan import CausalConv3d, FoldedCausalConv3d, fold_single_frame
 
     torch.manual_seed(0)
     conv = CausalConv3d(4, 5, 3, padding=1)
