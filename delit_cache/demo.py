@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from delit_cache.utils.atomic import write_json
-from delit_cache.utils.device import resolve_device
+from delit_cache.utils.device import dtype_name, has_fast_bf16, resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import get_logger
 
@@ -39,6 +39,18 @@ class DemoOptions:
     examples: int = 4  # held-out samples shown in the report
     vae: str = "demo"  # the codec ("demo", or a Wan 2.1 VAE path)
     device: str = "auto"  # where to run (see ``delit_cache.utils.device``)
+    dtype: str = "auto"  # codec precision for encode and eval; auto: see ``demo_dtype``
+
+
+def demo_dtype(dtype: str, vae: str, device: torch.device) -> torch.dtype:
+    """The codec precision of the demo: ``auto`` is bfloat16 for the demo codec on hardware
+    with fast bf16 (``has_fast_bf16``) and float32 otherwise, and always float32 for a Wan
+    VAE path (bf16 encoding shifts its latents: see ``benchmarks/results/cpu-bf16-encode.md``).
+    The cache and the evaluation use the same precision."""
+    if dtype != "auto":
+        return resolve_dtype(dtype)
+    fast = vae == "demo" and has_fast_bf16(device)
+    return torch.bfloat16 if fast else torch.float32
 
 
 def _stage(name: str, t0: float) -> None:
@@ -81,7 +93,8 @@ def run_demo(opts: DemoOptions) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    vae = load_wan_vae(opts.vae, device=device)  # a bad --vae fails before any work is done
+    dtype = demo_dtype(opts.dtype, opts.vae, device)
+    vae = load_wan_vae(opts.vae, device=device, dtype=dtype)  # a bad --vae fails first
     _stage("synth: training and held-out portraits", t0)
     train_dir, val_dir = make_data(opts)
     _stage("encode: training portraits -> latent cache", t0)
@@ -99,6 +112,7 @@ def run_demo(opts: DemoOptions) -> dict:
     samples = [s for _, s in zip(range(opts.examples), iter_samples(val_dir), strict=False)]
     notes = [
         f"Codec: {opts.vae} ({'a stand-in for the Wan 2.1 VAE trained on synthetic portraits; not for real photos' if opts.vae == 'demo' else 'Wan 2.1 VAE'}).",
+        f"Codec precision: {dtype_name(dtype)} (encode and eval).",
         f"Training: {opts.train_samples} synthetic portraits at {opts.size}px, config {opts.config}.",
         f"Held out: {opts.val_samples} portraits from another seed (other faces), lit only by "
         f"HDRIs the training split never contained ({', '.join(HELDOUT_HDRIS)}).",

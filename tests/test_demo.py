@@ -99,3 +99,31 @@ def test_demo_refuses_bad_vae_and_finished_run_before_any_work(tmp_path):
     (tmp_path / "b" / "run" / "heads.safetensors").write_bytes(b"")
     assert main(["demo", "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b" / "data").exists()
+
+
+def test_demo_dtype_policy(monkeypatch):
+    import delit_cache.demo as demo
+    from delit_cache.utils.errors import DelitError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(demo, "has_fast_bf16", lambda device: True)
+    assert demo.demo_dtype("auto", "demo", cpu) == torch.bfloat16
+    assert demo.demo_dtype("auto", "/models/Wan2.1_VAE.pth", cpu) == torch.float32
+    assert demo.demo_dtype("fp32", "demo", cpu) == torch.float32
+    monkeypatch.setattr(demo, "has_fast_bf16", lambda device: False)
+    assert demo.demo_dtype("auto", "demo", cpu) == torch.float32
+    assert demo.demo_dtype("bf16", "demo", cpu) == torch.bfloat16
+    try:
+        demo.demo_dtype("int8", "demo", cpu)
+    except DelitError as err:
+        assert "--dtype int8" in str(err)
+    else:
+        raise AssertionError("int8 accepted")
+
+
+def test_demo_refuses_bad_dtype_before_any_work(tmp_path, capsys):
+    from cli.app import main
+
+    assert main(["demo", "--out", str(tmp_path / "a"), "--dtype", "fp8"]) == 2
+    assert "--dtype fp8" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "data").exists()

@@ -203,3 +203,11 @@ def test_encode_refuses_an_env_map_with_inf(tmp_path, tiny_vae):
         w.write(sample)
     with pytest.raises(DelitError, match="sun: env map has NaN or Inf"):
         _encode(tiny_vae, tmp_path / "bad", tmp_path / "c.zarr")
+
+
+def test_a_given_vae_records_its_own_precision(tmp_path, tiny_vae_pth, shards):
+    from delit_cache.vae import load_wan_vae
+
+    vae = load_wan_vae(tiny_vae_pth, dtype="bf16")
+    _encode(vae, shards, tmp_path / "c.zarr", dtype="float32")
+    assert cm.LatentCache(tmp_path / "c.zarr").metadata["encode_dtype"] == "bfloat16"

@@ -398,7 +398,8 @@ def encode_shards(
     ``size``: square model input side (multiple of 8); images are letterboxed like at
     inference (``PortraitTransform``). ``dtype``: encoder precision, ``float32`` or ``bf16``
     (recorded; inference must match). ``augment``: variants per sample (1 = originals only).
-    ``vae``: an already loaded ``WanVAE`` (skips loading ``vae_source``). ``compile``: run
+    ``vae``: an already loaded ``WanVAE`` (skips loading ``vae_source``; its own precision is
+    the one used and recorded, whatever ``dtype`` says). ``compile``: run
     the encoder through ``torch.compile`` (minutes to compile; faster over large caches).
     ``workers``: image-decoding threads, with blocks written in the background (0: every
     stage in turn in this thread).
@@ -409,7 +410,7 @@ def encode_shards(
         raise DelitError("--batch-size and --augment must be >= 1")
     if workers < 0:
         raise DelitError(f"--workers {workers}: must be >= 0")
-    encode_dtype = resolve_dtype(dtype)
+    encode_dtype = vae.dtype if vae is not None else resolve_dtype(dtype)
     out = Path(out)
     info = dist_info()
     init_distributed(info, backend="gloo")
