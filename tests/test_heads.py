@@ -192,3 +192,20 @@ def test_up_block_equals_upsampling_then_convolution():
         want = torch.autograd.grad(reference, [x, block.conv.conv.weight, block.conv.conv.bias], g)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_env_decoder_training_and_inference_attention_agree():
+    """Training on the CPU takes the math attention kernel, inference the default one: the
+    same outputs."""
+    from delit_cache.models.config import DelitConfig
+    from delit_cache.models.env_decoder import EnvDecoder
+
+    torch.manual_seed(0)
+    cfg = DelitConfig(env_width=16, env_dim=32, env_heads=4, env_min_channels=8)
+    decoder = EnvDecoder(cfg).eval()
+    x = torch.randn(2, cfg.env_channels, 16, 16)
+    with torch.no_grad():
+        reference = decoder(x)
+    trained = decoder(x)
+    assert trained.requires_grad
+    torch.testing.assert_close(trained.detach(), reference, atol=1e-5, rtol=1e-5)

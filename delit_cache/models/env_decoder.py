@@ -14,10 +14,13 @@ stops the gradient): targets lie in [0, 1], and ``decode_env`` and ``DelitModel.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.layers import PanoConv, ResBlock, pano_pad
@@ -85,6 +88,14 @@ class UpBlock(nn.Module):
         return F.silu(F.pixel_shuffle(out, 2))
 
 
+def _attention_backend(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The plain (math) attention kernel when training on the CPU: PyTorch's CPU flash-attention
+    backward takes milliseconds for these few hundred tokens (``benchmarks/bench_train.py``)."""
+    if x.device.type == "cpu" and torch.is_grad_enabled():
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 class EnvDecoder(nn.Module):
     def __init__(self, cfg: DelitConfig):
         super().__init__()
@@ -128,8 +139,9 @@ class EnvDecoder(nn.Module):
         summary = self.global_in(mean_token)
         tokens = self.to_tokens(tokens) + self.token_pos
         queries = self.queries.unsqueeze(0) + summary
-        for layer in self.layers:
-            queries = layer(queries, tokens)
+        with _attention_backend(tokens):
+            for layer in self.layers:
+                queries = layer(queries, tokens)
         rows, cols = self.query_grid
         pano = rearrange(queries, "b (h w) c -> b c h w", h=rows, w=cols)
         coarse = rearrange(self.coarse(queries), "b (h w) c -> b c h w", h=rows, w=cols)
