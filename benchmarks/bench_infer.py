@@ -19,8 +19,6 @@ import argparse
 import datetime
 import json
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +26,7 @@ import torch
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.models import DEFAULT_CONFIG, create_heads, create_model_and_transforms
 from delit_cache.utils.device import resolve_device, resolve_dtype
-from delit_cache.utils.machine import device_name
+from delit_cache.utils.machine import device_name, time_calls_ms
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,26 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p.parse_args(argv)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``iters`` times; return each run's ms."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
 
 
 def build(args: argparse.Namespace, device: torch.device):
@@ -96,10 +74,10 @@ def measure(model, args: argparse.Namespace, device: torch.device) -> dict[str, 
     size = (args.size, args.size)
     w, n = args.warmup, args.iters
     return {
-        "encode": time_ms(lambda: model.vae.encode(images), device, w, n),
-        "heads": time_ms(lambda: model.heads(latent), device, w, n),
-        "decode": time_ms(lambda: model.vae.decode(flat_latent, size=size), device, w, n),
-        "end_to_end": time_ms(lambda: model.infer(images), device, w, n),
+        "encode": time_calls_ms(lambda: model.vae.encode(images), device, w, n),
+        "heads": time_calls_ms(lambda: model.heads(latent), device, w, n),
+        "decode": time_calls_ms(lambda: model.vae.decode(flat_latent, size=size), device, w, n),
+        "end_to_end": time_calls_ms(lambda: model.infer(images), device, w, n),
     }
 
 

@@ -38,12 +38,7 @@ from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import compute_losses, loss_targets
 from delit_cache.train.optim import make_optimizer
-from delit_cache.utils.machine import device_name
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from delit_cache.utils.machine import device_name, synchronize
 
 
 def bench_one(
@@ -103,13 +98,13 @@ def _bench(config, device, batch, latent, precision, steps, warmup, path) -> dic
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")

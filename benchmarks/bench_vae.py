@@ -18,23 +18,18 @@ import time
 
 import torch
 
-from delit_cache.utils.machine import device_name
+from delit_cache.utils.machine import device_name, synchronize
 from delit_cache.vae import load_wan_vae, new_wan_vae
 from delit_cache.vae.testimage import synthetic_test_image
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn, device: torch.device, iters: int) -> float:
     """Mean wall milliseconds of ``fn()`` over ``iters`` runs."""
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) * 1000.0 / iters
 
 

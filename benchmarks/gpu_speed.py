@@ -30,10 +30,11 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from delit_cache.utils.machine import time_calls_ms
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,22 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_seconds(fn, device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls_ms(fn, device, warmup, iters)) / 1000.0
 
 
 def load_vae(source: str, device: torch.device, dtype: str, fast: bool = True):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +29,30 @@ def device_name(device: torch.device | str = "cpu") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls_ms(
+    fn: Callable[[], object], device: torch.device | str, warmup: int, iters: int
+) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``iters`` times; each timed call's wall
+    milliseconds, synchronised on the device before and after."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
 
 
 def load_average() -> str:
