@@ -143,3 +143,37 @@ def _is_number(token: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_flat_error_split_table(tmp_path):
+    from cli.app import main
+
+    data = tmp_path / "val"
+    assert main(["synth", "--out", str(data), "--n", "2", "--size", "64", "--seed", "3"]) == 0
+    text = _run(
+        [sys.executable, "benchmarks/flat_error_split.py", "--data", str(data), "--limit", "2"]
+    )
+    _header_ok(text)
+    (row,) = _table(text)
+    assert row["n"] == "2"
+    assert 0.0 <= float(row["background share"]) <= 1.0
+    for key in ("PSNR", "subject PSNR", "low-pass PSNR", "texture-only PSNR", "codec ceiling"):
+        _positive(row[key])
+
+
+def test_flat_error_split_of_a_perfect_prediction():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fes", ROOT / "benchmarks/flat_error_split.py")
+    fes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fes)
+    import torch
+
+    gt = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 20, 20)
+    mask[..., 5:15, 5:15] = 1
+    perfect = fes.split_errors(gt, gt, mask, radius=2)
+    assert perfect["background share"] == 0.0 and perfect["PSNR"] == 100.0
+    off = gt.clone()
+    off[..., :2, :] = 1 - off[..., :2, :]  # wrong only in the background rows
+    assert fes.split_errors(off, gt, mask, radius=2)["background share"] > 0.99
