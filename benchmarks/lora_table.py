@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 from pathlib import Path
+
+from delit_cache.utils.machine import device_name, load_average
 
 
 def _row(name: str, a: float, b: float, digits: int) -> str:
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--train-log", type=Path, required=True)
     parser.add_argument("--memory", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--command", default="scripts/lora_comparison.sh WORK STEPS", help="as run")
     args = parser.parse_args()
     plain, lora = json.loads(args.without.read_text()), json.loads(args.with_.read_text())
     if plain["n"] != lora["n"] or plain["checkpoint"] != lora["checkpoint"]:
@@ -75,7 +79,8 @@ def main() -> None:
         "# train-lora on the demo codec: held-out flat-lit image with and without adapters",
         "",
         f"Written by `benchmarks/lora_table.py` on {datetime.date.today()} from the files named "
-        "below; 2 CPU cores shared with another training job (nice 19).",
+        f"below. Machine: {device_name('cpu')}, {os.cpu_count()} CPU cores, load average "
+        f"{load_average()} when the table was written. Command: `{args.command}`.",
         "",
         "## Training (CPU)",
         "",

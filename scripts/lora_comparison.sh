@@ -31,4 +31,5 @@ python "$here/benchmarks/lora_crops.py" --data "$work/val_heldout" \
     --lora "$out/run/lora.safetensors" --out "$here/docs/lora_crops.png" --n 4
 python "$here/benchmarks/lora_table.py" --without "$out/eval_plain.json" \
     --with "$out/eval_lora.json" --train-script "$here/scripts/lora_comparison.sh" \
-    --train-log "$out/train.log" --out "$here/benchmarks/results/cpu-lora.md"
+    --train-log "$out/train.log" --out "$here/benchmarks/results/cpu-lora.md" \
+    --command "scripts/lora_comparison.sh $*"
