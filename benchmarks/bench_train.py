@@ -6,10 +6,11 @@ prints a table: device, config, batch, parameters, path, precision, steps/s, sam
 GPU memory. Two paths, timed in the same run:
 
 * ``plain``: the loss targets (env encoding, target spheres) computed from the env maps at
-  every step, and the env decoder's upsampling done the direct way (nearest x2, then the
-  3x3 convolution);
+  every step, the env decoder's upsampling done the direct way (nearest x2, then the 3x3
+  convolution) and its attention on PyTorch's default kernel;
 * ``fast``: what ``delit train-heads`` does: targets computed once (at load), the
-  phase-split upsampling (``env_decoder.UpBlock``).
+  phase-split upsampling (``env_decoder.UpBlock``) and, when training on the CPU, the math
+  attention kernel.
 
 ``--out FILE`` also writes the table as markdown with the date, machine, load and command.
 
@@ -55,6 +56,7 @@ def bench_one(
     with contextlib.ExitStack() as stack:
         if path == "plain":
             stack.enter_context(_direct_upsampling())
+            stack.enter_context(_default_attention())
         return _bench(config, device, batch, latent, precision, steps, warmup, path)
 
 
@@ -71,6 +73,18 @@ def _direct_upsampling():
         yield
     finally:
         env_decoder.UpBlock.forward = fast
+
+
+@contextlib.contextmanager
+def _default_attention():
+    """Let the env decoder's attention take PyTorch's default kernel (flash on the CPU) while
+    timing the plain path."""
+    chosen = env_decoder.attention_backend
+    env_decoder.attention_backend = lambda x: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        env_decoder.attention_backend = chosen
 
 
 def _bench(config, device, batch, latent, precision, steps, warmup, path) -> dict:

@@ -88,7 +88,7 @@ class UpBlock(nn.Module):
         return F.silu(F.pixel_shuffle(out, 2))
 
 
-def _attention_backend(x: torch.Tensor) -> contextlib.AbstractContextManager:
+def attention_backend(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """The plain (math) attention kernel when training on the CPU: PyTorch's CPU flash-attention
     backward takes milliseconds for these few hundred tokens (``benchmarks/bench_train.py``)."""
     if x.device.type == "cpu" and torch.is_grad_enabled():
@@ -139,7 +139,7 @@ class EnvDecoder(nn.Module):
         summary = self.global_in(mean_token)
         tokens = self.to_tokens(tokens) + self.token_pos
         queries = self.queries.unsqueeze(0) + summary
-        with _attention_backend(tokens):
+        with attention_backend(tokens):
             for layer in self.layers:
                 queries = layer(queries, tokens)
         rows, cols = self.query_grid
