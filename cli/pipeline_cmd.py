@@ -113,6 +113,14 @@ def train_heads_cmd(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from RUN/checkpoints/latest.pt.")
     ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Fine-tune: start from these heads (file, run folder or 'demo'; same "
+            "architecture and VAE) instead of a seeded init.",
+        ),
+    ] = None,
     mixed_precision: Annotated[
         str | None,
         typer.Option(
@@ -140,6 +148,7 @@ def train_heads_cmd(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "init_from": init_from,
         "mixed_precision": mixed_precision,
         "device": device,
     }

@@ -209,3 +209,36 @@ def has_fast_bf16_cpu() -> bool:
 def test_unknown_mixed_precision_is_refused():
     with pytest.raises(DelitError, match="mixed_precision"):
         load_config("tiny", {"mixed_precision": "fp8"})
+
+
+def test_init_from_starts_at_the_given_heads_and_checks_them(tmp_path, cache_path):
+    from cli.app import main
+    from delit_cache.train.trainer import initial_heads
+
+    config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
+    first = tmp_path / "first"
+    args = ["train-heads", "--cache", str(cache_path), "--config", config, "--no-progress"]
+    assert main([*args, "--out", str(first), "--steps", "2", "--batch-size", "2"]) == 0
+    source = load_heads(first / "heads.safetensors").state_dict()
+    cache = cm.LatentCache(cache_path)
+    cfg = load_config(config, {"init_from": str(first), "seed": 5})
+    started = initial_heads(cfg, cache, list(range(len(cache)))).state_dict()
+    assert source.keys() == started.keys()
+    assert all(torch.equal(source[k], started[k]) for k in source)  # weights and latent stats
+    # a fine-tuning run is a normal run that starts there
+    ft_config = write_config(
+        tmp_path / "ft.yaml", val_fraction=0.0, val_every=0, init_from=str(first)
+    )
+    ft_args = ["train-heads", "--cache", str(cache_path), "--config", ft_config, "--no-progress"]
+    ft = tmp_path / "ft"
+    assert main([*ft_args, "--out", str(ft), "--steps", "1", "--batch-size", "2"]) == 0
+    tuned = load_heads(ft / "heads.safetensors").state_dict()
+    assert torch.equal(tuned["latent_std"], source["latent_std"])
+    assert any(not torch.equal(tuned[k], source[k]) for k in source)  # one step was taken
+    model = dict(cfg.model, feature_channels=cfg.heads_config().feature_channels + 8)
+    other = load_config(config, {"init_from": str(first), "model": model})
+    with pytest.raises(DelitError, match="other architecture: feature_channels"):
+        initial_heads(other, cache, [0])
+    wrong = load_config(config, {"init_from": str(tmp_path / "missing")})
+    with pytest.raises(DelitError):
+        initial_heads(wrong, cache, [0])

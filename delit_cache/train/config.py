@@ -59,6 +59,7 @@ class TrainConfig:
     light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
+    init_from: str = ""  # start from these heads (file, run folder or "demo"; "" = seeded init)
     max_samples: int = 0  # use only the first N training samples (0 = all; learning curves)
     val_fraction: float = 0.05  # share of samples (by key hash) held out for validation
     val_every: int = 500  # validate every N steps (and at the end; 0 = only at the end)

@@ -57,9 +57,30 @@ def rank_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 def initial_heads(cfg: TrainConfig, cache: LatentCache, train_idx: list[int]) -> DelitHeads:
     """A run's step-0 heads: seeded init, standardising latents with the training split's
-    per-channel statistics."""
+    per-channel statistics; or, with ``init_from``, those heads as they are (weights and
+    latent statistics), which must have this run's architecture and VAE."""
+    if cfg.init_from:
+        return _heads_to_fine_tune(cfg, cache)
     heads = create_heads(cfg.heads_config(), seed=cfg.seed)
     heads.set_latent_stats(*cache.latent_stats(train_idx))
+    return heads
+
+
+def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
+    from delit_cache.infer.delighter import resolve_checkpoint
+
+    heads, _, info = resolve_checkpoint(cfg.init_from)
+    wanted = cfg.heads_config()
+    if heads.config != wanted:
+        got, want = heads.config.to_dict(), wanted.to_dict()
+        diff = ", ".join(f"{k} {got[k]} (config: {want[k]})" for k in want if got[k] != want[k])
+        raise DelitError(f"init_from {cfg.init_from}: other architecture: {diff}")
+    theirs, ours = info.get("vae_fingerprint"), cache.metadata.get("vae_fingerprint")
+    if theirs and ours and theirs != ours:
+        raise DelitError(
+            f"init_from {cfg.init_from}: trained on latents of another VAE "
+            f"(fingerprint {theirs}, the cache's {ours})"
+        )
     return heads
 
 
