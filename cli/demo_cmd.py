@@ -27,15 +27,15 @@ def demo(
         str,
         typer.Option(
             "--dtype",
-            help="Codec precision for encode and eval: auto (bf16 for the demo codec where "
-            "the hardware has fast bf16, else float32), float32 (fp32) or bfloat16 (bf16).",
+            help="Codec precision for encode and eval: float32 (fp32), bfloat16 (bf16), or "
+            "auto (bf16 for the demo codec where the hardware has fast bf16, else float32).",
         ),
-    ] = "auto",
+    ] = "float32",
 ) -> None:
     """Run the whole job on synthetic portraits and write a report (report.html, report.png).
 
     Uses the bundled demo codec, a small stand-in for the Wan 2.1 VAE trained on synthetic
-    portraits (not for real photos). About 5 to 6 minutes on 2 CPU cores.
+    portraits (not for real photos). About 4 to 5 minutes on 2 CPU cores.
     """
     from delit_cache.demo import DemoOptions, run_demo
     from delit_cache.evaluate.evaluate import format_table

@@ -26,7 +26,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What ``delit demo`` runs; the defaults aim at 10 minutes on 2 CPU cores."""
+    """What ``delit demo`` runs; the defaults aim at 5 minutes on 2 CPU cores."""
 
     out: Path  # output folder (data, cache, run, report)
     train_samples: int = 192  # synthetic training portraits (seed ``seed``)
@@ -39,7 +39,7 @@ class DemoOptions:
     examples: int = 4  # held-out samples shown in the report
     vae: str = "demo"  # the codec ("demo", or a Wan 2.1 VAE path)
     device: str = "auto"  # where to run (see ``delit_cache.utils.device``)
-    dtype: str = "auto"  # codec precision for encode and eval; auto: see ``demo_dtype``
+    dtype: str = "float32"  # codec precision for encode and eval ("auto": see ``demo_dtype``)
 
 
 def demo_dtype(dtype: str, vae: str, device: torch.device) -> torch.dtype:
