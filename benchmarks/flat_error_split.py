@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from delit_cache.data.shards import iter_samples
+from delit_cache.evaluate.evaluate import crop_to_photo, model_inputs
 from delit_cache.evaluate.image_metrics import fit_channel_scale, psnr
 from delit_cache.infer.delighter import load_vae_and_model
 from delit_cache.utils.machine import emit_report, run_header
@@ -74,23 +75,16 @@ def score_set(model, transform, data: str, limit: int, radius: int) -> dict[str,
             break
         if "mask" not in sample:
             raise SystemExit(f"{data}: samples without a subject mask (synthetic shards needed)")
-        relit, placement = transform(sample["relit"].float())
-        flat, _ = transform(sample["flat"].float())
-        top, left, h, w = placement.box
-
-        def crop(image: torch.Tensor, top=top, left=left, h=h, w=w) -> torch.Tensor:
-            return image[..., top : top + h, left : left + w]
-
-        pred = crop(model.infer(relit[None])["flat"].cpu().float())
+        inputs = model_inputs(sample, transform)  # as the eval prepares a sample
+        flat, placement = inputs["flat"], inputs["placement"]
+        pred = crop_to_photo(model.infer(inputs["relit"][None])["flat"].cpu().float(), placement)
         ceiling = model.vae.decode(model.vae.encode(flat[None]), size=tuple(flat.shape[-2:]))
-        gt = crop(flat[None])  # at model size, as the eval scores it
-        mask = transform(
-            sample["mask"].float().reshape(1, *sample["relit"].shape[-2:]).expand(3, -1, -1)
-        )[0]
-        mask = (crop(mask[None, :1]) > 0.5).float()
+        gt = crop_to_photo(flat[None], placement)  # at model size, as the eval scores it
+        mask = transform(sample["mask"].float().expand(3, -1, -1))[0]
+        mask = (crop_to_photo(mask[None, :1], placement) > 0.5).float()
         row = split_errors(pred, gt, mask, radius)
         row["codec ceiling"] = float(
-            psnr(fit_channel_scale(crop(ceiling.float()), gt).clamp(0, 1), gt)
+            psnr(fit_channel_scale(crop_to_photo(ceiling.float(), placement), gt).clamp(0, 1), gt)
         )
         for key, value in row.items():
             sums[key] = sums.get(key, 0.0) + value

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--train-log", type=Path, required=True)
     parser.add_argument("--memory", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--command", default="scripts/lora_comparison.sh WORK STEPS", help="as run")
+    parser.add_argument("--command", required=True, help="the comparison command, as run")
     args = parser.parse_args()
     plain, lora = json.loads(args.without.read_text()), json.loads(args.with_.read_text())
     if plain["n"] != lora["n"] or plain["checkpoint"] != lora["checkpoint"]:

@@ -86,13 +86,13 @@ def _sample_batches(
         yield batch
 
 
-def _crop(image: torch.Tensor, placement: Placement) -> torch.Tensor:
-    """The photo's box of a model-size image [3,S,S] -> [3,h,w] (no rescaling)."""
+def crop_to_photo(image: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """The photo's box of a model-size image [...,S,S] -> [...,h,w] (no rescaling)."""
     top, left, h, w = placement.box
-    return image[:, top : top + h, left : left + w]
+    return image[..., top : top + h, left : left + w]
 
 
-def _model_inputs(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
+def model_inputs(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
     """Model-size relit/flat squares, their placement and the 128x256 true env of one sample."""
     for name in ("relit", "flat", "env"):
         if name not in sample:
@@ -174,15 +174,15 @@ def _eval_batch(
     scorer: _EnvScorer,
 ) -> list[torch.Tensor]:
     """Score one batch into ``means``; return the batch's true env maps (CPU, [3,128,256])."""
-    prepared = [_model_inputs(s, transform) for s in batch]
+    prepared = [model_inputs(s, transform) for s in batch]
     device = scorer.device
     relit = torch.stack([p["relit"] for p in prepared]).to(device)
     flat = torch.stack([p["flat"] for p in prepared]).to(device)
     out = model.infer(relit)
     ceiling = model.vae.decode(model.vae.encode(flat), size=tuple(flat.shape[-2:])).float()
-    gt = [_crop(p["flat"], p["placement"]) for p in prepared]
+    gt = [crop_to_photo(p["flat"], p["placement"]) for p in prepared]
     crops = [
-        [_crop(x.cpu(), p["placement"]) for x, p in zip(images, prepared, strict=True)]
+        [crop_to_photo(x.cpu(), p["placement"]) for x, p in zip(images, prepared, strict=True)]
         for images in (out["flat"], ceiling, relit)
     ]
     _score_flat(means, "model", crops[0], gt)
