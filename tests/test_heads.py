@@ -209,3 +209,23 @@ def test_env_decoder_training_and_inference_attention_agree():
     trained = decoder(x)
     assert trained.requires_grad
     torch.testing.assert_close(trained.detach(), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_pano_upsample_wraps_in_longitude():
+    """The coarse env map is upsampled as a panorama: away from the seam it is plain bilinear
+    upsampling; rotating the input by one column rotates the output by one factor's worth of
+    columns exactly (no seam where longitude wraps); a non-integer factor is refused."""
+    import torch.nn.functional as F
+
+    from delit_cache.models.layers import pano_upsample
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 16)
+    out = pano_upsample(x, (128, 256))
+    plain = F.interpolate(x, size=(128, 256), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out[..., 16:-16], plain[..., 16:-16])
+    assert (out - plain).abs().max() > 0.1  # plain upsampling clamps at the seam instead
+    rolled = pano_upsample(torch.roll(x, 1, dims=-1), (128, 256))
+    torch.testing.assert_close(rolled, torch.roll(out, 16, dims=-1))
+    with pytest.raises(ValueError, match="integer factor"):
+        pano_upsample(x, (100, 256))

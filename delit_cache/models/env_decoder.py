@@ -1,15 +1,10 @@
 """Env decoder: env features [B,16,h,w] -> four-channel panorama [B,4,128,256].
 
-A panorama direction has no pixel under it (most of the sphere is behind the camera), so
-every output pixel must see the whole image. The decoder pools the image into a small grid
-of tokens (16 -> 128 channels), lets a fixed grid of learned panorama queries attend to
-them (cross-attention, then self-attention among the queries, 256 channels), and decodes
-the query grid twice: a linear read-out of each query gives a coarse panorama (bilinearly
-upsampled), and wrap-around convolutions upsample the query grid into a residual detail
-map. The upsampler has no normalisation layers: a per-image constant (the overall
-brightness and colour of the lighting) must survive to the output. The output is the
-encoding of ``delit_cache.lighting.envcode``, linear rather than a sigmoid (whose saturation
-stops the gradient): targets lie in [0, 1], and ``decode_env`` and ``DelitModel.infer`` clamp.
+Most panorama directions have no pixel under them, so learned panorama queries attend to
+pooled image tokens; a linear read-out of the queries gives a coarse map (upsampled with
+longitude wrap) and normalisation-free wrap-around convolutions add detail (the light's
+overall level must survive). The output is linear in ``lighting.envcode``'s [0, 1]
+encoding (a sigmoid would saturate); ``decode_env`` and ``DelitModel.infer`` clamp.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from delit_cache.models.config import DelitConfig
-from delit_cache.models.layers import PanoConv, ResBlock, pano_pad
+from delit_cache.models.layers import PanoConv, ResBlock, pano_pad, pano_upsample
 
 # The output is 0.5 + OUTPUT_GAIN * (coarse + detail): the sigmoid's value and slope at 0,
 # without its saturation.
@@ -147,5 +142,5 @@ class EnvDecoder(nn.Module):
         coarse = rearrange(self.coarse(queries), "b (h w) c -> b c h w", h=rows, w=cols)
         coarse = coarse + self.global_map(mean_token[:, 0]).view(-1, 4, rows, cols)
         detail = self.head(self.up(pano))
-        coarse = F.interpolate(coarse, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        coarse = pano_upsample(coarse, detail.shape[-2:])
         return 0.5 + OUTPUT_GAIN * (coarse + detail)

@@ -55,6 +55,17 @@ def pano_pad(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, 0, 1, 1), mode="replicate")
 
 
+def pano_upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of an equirectangular map by an integer factor that wraps in
+    longitude (the first and last columns are neighbours) and clamps at the poles."""
+    (h, w), (out_h, out_w) = x.shape[-2:], size
+    sy, sx = out_h // h, out_w // w
+    if sy * h != out_h or sx * w != out_w:
+        raise ValueError(f"pano_upsample needs an integer factor, got {(h, w)} -> {size}")
+    up = F.interpolate(pano_pad(x), scale_factor=(sy, sx), mode="bilinear", align_corners=False)
+    return up[..., sy : sy + out_h, sx : sx + out_w]
+
+
 class PanoConv(nn.Module):
     """3x3 convolution for equirectangular maps: wraps around in longitude, replicates at the poles."""
 
