@@ -72,6 +72,18 @@ def _report_click_error(exc: typer.TyperException) -> int:
     return 2
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the
+    CPU allocator's RuntimeError."""
+    text = str(exc)
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``delit`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     load_commands()
@@ -84,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # an output that cannot be created, a full disk, no permission
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        code = 2
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        first = " ".join(str(exc).split())[:160]
+        typer.echo(f"error: out of memory ({first}); lower --batch-size or --size", err=True)
         code = 2
     except typer.Abort:
         typer.echo("aborted", err=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.atomic import check_output_file, make_dir, write_json
+from delit_cache.utils.atomic import check_output_dir, check_output_file, make_dir, write_json
 
 from .app import app
 from .options import (
@@ -125,9 +125,12 @@ def infer_command(
     the longer side is the model size and padded to a square by replicating their borders."""
     from delit_cache.infer.delighter import Delighter
 
+    check_output_dir(out)  # a regular file in the way fails before the model loads
     delighter = Delighter.from_pretrained(
         checkpoint, vae, device, dtype, size, batch_size, lora=lora, compile=compile
     )
     summary = delighter.run(inputs, out, progress=True)
+    if summary.all_failed:  # each input had its own error line: exit 2, as for one bad file
+        return 2
     typer.echo(summary.line(), err=not summary.ok)
     return 0 if summary.ok else 1

@@ -53,20 +53,23 @@ def envmetrics(
     ] = "delit",
 ) -> None:
     """Score PRED against GT with the three-sphere protocol (both resampled to 128x256)."""
-    from delit_cache.lighting.envmap import load_env
+    from delit_cache.lighting.envmap import ENV_SIZE, load_env, require_light
     from delit_cache.utils.errors import DelitError
 
     if protocol not in PROTOCOLS:
         raise DelitError(f"--protocol {protocol}: must be one of {', '.join(PROTOCOLS)}")
+    size = ENV_SIZE if protocol == "delit" else None  # diffusionlight box-resizes itself
+    # a black map leaves every score undefined (0/0): refused rather than scored as NaN
+    pred_env, gt_env = (require_light(load_env(p, size=size), p) for p in (pred, gt))
     if protocol == "delit":
         from delit_cache.lighting.sphere_metrics import sphere_metrics
 
-        scores = sphere_metrics(load_env(pred), load_env(gt))
+        scores = sphere_metrics(pred_env, gt_env)
         typer.echo(_format_table(scores))
     else:
         from delit_cache.lighting.protocol import diffusionlight_metrics
 
-        scores = diffusionlight_metrics(load_env(pred, size=None), load_env(gt, size=None))
+        scores = diffusionlight_metrics(pred_env, gt_env)
         typer.echo(_format_table(scores, REFERENCE_SPHERES))
     if json_out is not None:
         write_json(json_out, scores)

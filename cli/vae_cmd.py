@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.errors import DelitError
-
 from .app import app
 from .options import DeviceOption, DtypeOption, VaeOption
 
@@ -21,23 +19,11 @@ DEMO_NOTE = (
 
 
 def _read_rgb(path: Path):
-    """An image file -> float32 tensor [1,3,H,W] in [0,1] (EXIF orientation applied).
+    """An image file -> float32 tensor [1,3,H,W] in [0,1] (``read_ldr``: EXIF orientation
+    applied, 16-bit PNGs at full depth)."""
+    from delit_cache.data.imageio import image_to_tensor, read_ldr
 
-    Private stand-in until ``delit_cache.data.imageio.read_ldr`` is available.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
-
-    if not path.is_file():
-        raise DelitError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-            array = np.asarray(rgb, dtype=np.uint8).copy()
-    except Exception as exc:
-        raise DelitError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    return image_to_tensor(read_ldr(path)).unsqueeze(0)
 
 
 def _write_side_by_side(left, right, path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.utils.atomic import write_json
+from delit_cache.utils.atomic import make_dir, write_json
 from delit_cache.utils.device import dtype_name, has_fast_bf16, resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import get_logger
@@ -74,6 +74,21 @@ def make_data(opts: DemoOptions) -> tuple[Path, Path]:
     return train_dir, val_dir
 
 
+def check_options(opts: DemoOptions) -> None:
+    """``DelitError`` naming the first count that is not positive (``--steps 0`` would
+    otherwise mean the config's steps), before any stage starts."""
+    counts = {
+        "--train-samples": opts.train_samples,
+        "--val-samples": opts.val_samples,
+        "--steps": opts.steps,
+        "--workers": opts.workers,
+        "examples": opts.examples,
+    }
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise DelitError(f"{flag} {value}: must be >= 1")
+
+
 def run_demo(opts: DemoOptions) -> dict:
     """Run every stage into ``opts.out``; return the eval metrics (also in metrics.json)."""
     from delit_cache.cache.encode import encode_shards
@@ -85,8 +100,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from delit_cache.train.trainer import RunOptions, train_heads
     from delit_cache.vae import load_wan_vae
 
-    if opts.examples > opts.val_samples:
-        raise DelitError("--examples must not exceed the held-out sample count")
+    check_options(opts)
     run = opts.out / "run"
     if (run / "heads.safetensors").exists():
         raise DelitError(f"{opts.out}: holds a finished demo run already (pass a new --out)")
@@ -95,13 +109,14 @@ def run_demo(opts: DemoOptions) -> dict:
     device = resolve_device(opts.device)
     dtype = demo_dtype(opts.dtype, opts.vae, device)
     vae = load_wan_vae(opts.vae, device=device, dtype=dtype)  # a bad --vae fails first
+    make_dir(opts.out)  # so does an --out that cannot be made, before any stage starts
     _stage("synth: training and held-out portraits", t0)
     train_dir, val_dir = make_data(opts)
     _stage("encode: training portraits -> latent cache", t0)
     cache = opts.out / "cache.zarr"
     encode_shards(opts.vae, train_dir, cache, size=opts.size, batch_size=8, vae=vae)
     _stage("train-heads: from the cache, no VAE", t0)
-    overrides = {"steps": opts.steps or None, "device": str(device)}
+    overrides = {"steps": opts.steps, "device": str(device)}
     train_heads(RunOptions(cache=cache, out=run, config=opts.config, overrides=overrides))
     _stage("eval: held-out portraits, decoded with the codec", t0)
     model, _, mean_env, _ = load_vae_and_model(run, vae, device=device, size=opts.size)

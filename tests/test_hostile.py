@@ -351,3 +351,354 @@ def test_eval_output_paths_fail_before_the_model_runs(extra, expected, tmp_path,
     assert main([*args, *(a.format(**fill) for a in extra)]) == 2
     assert expected.format(**fill) in _one_error_line(capsys)  # not the VAE's error: checked first
     assert blocker.read_text() == "x"
+
+
+# ---------------------------------------------------------------------------- fresh pass, evening
+
+DEMO = ["--checkpoint", "demo", "--vae", "demo", "--device", "cpu", "--size", "64"]
+
+
+def _photo(path: Path, size=(16, 16)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), np.uint8)).save(path)
+    return path
+
+
+def _zero_env_shard(folder: Path) -> Path:
+    from delit_cache.data.shards import ShardWriter, encode_sample
+
+    with ShardWriter(folder, shard_size=4) as w:
+        w.write(
+            encode_sample(
+                "dark", torch.rand(3, 16, 16), torch.rand(3, 16, 16), torch.zeros(3, 8, 16)
+            )
+        )
+    return folder / "shard-000000.tar"
+
+
+@pytest.mark.parametrize("case", ["empty.png", "empty_dir", "dir.png"])
+def test_infer_where_every_input_fails_is_exit_2_in_one_line(case, tmp_path, capsys):
+    target = tmp_path / case
+    if case == "empty.png":
+        target.write_bytes(b"")
+    else:
+        target.mkdir()
+    out = tmp_path / "out"
+    assert main(["infer", *DEMO, "--out", str(out), str(target)]) == 2
+    assert str(target) in _one_error_line(capsys)  # no "0 image(s) done" summary line after it
+    assert not out.exists()
+
+
+def test_infer_with_some_inputs_failing_is_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    out = tmp_path / "out"
+    assert (
+        main(["infer", *DEMO, "--out", str(out), str(bad), str(_photo(tmp_path / "ok.png"))]) == 1
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"error: {bad}: unreadable image") and len(lines) == 2
+    assert lines[1] == "delit infer: 1 image(s) done, 1 failed"
+    assert sorted(p.name for p in out.iterdir()) == ["ok_env.exr", "ok_env.png", "ok_flat.png"]
+
+
+def test_infer_writes_a_photo_named_twice_once(tmp_path):
+    from delit_cache.infer.delighter import collect_inputs
+
+    photo = _photo(tmp_path / "in" / "p.png")
+    (tmp_path / "link.png").symlink_to(photo)
+    spellings = [photo, tmp_path / "in" / ".." / "in" / "p.png", tmp_path / "link.png"]
+    assert collect_inputs([*spellings, tmp_path / "in"]) == ([photo], [])
+
+
+def test_infer_out_that_is_a_file_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from delit_cache.infer.delighter import Delighter
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Delighter, "from_pretrained", never)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["infer", *DEMO, "--out", str(out), str(_photo(tmp_path / "p.png"))]) == 2
+        assert _one_error_line(capsys) == f"error: {out}: Not a directory"
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_model_size_0_is_refused_not_taken_as_the_default(command, tmp_path, capsys):
+    args = ["--checkpoint", "demo", "--vae", "demo", "--device", "cpu", "--size", "0"]
+    if command == "infer":
+        args = ["infer", *args, "--out", str(tmp_path / "o"), str(_photo(tmp_path / "p.png"))]
+    else:
+        args = ["eval", *args, "--data", str(_zero_env_shard(tmp_path / "shards"))]
+    assert main(args) == 2
+    assert "--size 0: the model size must be a positive multiple of 8" in _one_error_line(capsys)
+
+
+def test_float_tiff_is_read_as_stored_not_as_black(tmp_path):
+    from PIL import Image
+
+    from delit_cache.data.imageio import read_ldr
+    from delit_cache.utils.errors import DelitError
+
+    grey = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(grey).save(tmp_path / "f.tif")  # Pillow mode "F"
+    rgb = read_ldr(tmp_path / "f.tif")
+    assert rgb.shape == (8, 8, 3) and np.allclose(rgb[..., 1], grey)
+    for value, match in [(3.5, r"outside \[0, 1\] \(min 0, max 3.5\)"), (np.nan, "NaN or Inf")]:
+        bad = grey.copy()
+        bad[0, 1] = value
+        Image.fromarray(bad).save(tmp_path / "bad.tif")
+        with pytest.raises(DelitError, match=match):
+            read_ldr(tmp_path / "bad.tif")
+
+
+def test_large_photos_are_read_without_pillows_bomb_warning(tmp_path, monkeypatch, capfd):
+    import warnings
+
+    from PIL import Image
+
+    from delit_cache.data.imageio import read_ldr
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 64 x 64 = 4096: Pillow warns
+    photo = _photo(tmp_path / "big.png", size=(64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_ldr(photo).shape == (64, 64, 3)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_folder_named_like_an_image_is_named_as_a_folder(tmp_path):
+    from delit_cache.data.imageio import read_hdr, read_ldr
+    from delit_cache.utils.errors import DelitError
+
+    for name, read in (("x.png", read_ldr), ("x.exr", read_hdr)):
+        (tmp_path / name).mkdir()
+        with pytest.raises(DelitError, match="is a folder, not an image file"):
+            read(tmp_path / name)
+
+
+@pytest.mark.parametrize("size_line", [b"-Y 0 +X 0", b"-Y -4 +X 8", b"-Y x +X 8"])
+def test_radiance_file_with_a_bad_size_is_one_line(size_line, tmp_path, capsys):
+    hdr = tmp_path / "e.hdr"
+    hdr.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + size_line + b"\n")
+    assert main(["envmetrics", str(hdr), str(HDRI_DIR / "city.exr")]) == 2
+    assert "bad Radiance image size" in _one_error_line(capsys)
+
+
+def _zero_exr(path: Path) -> Path:
+    from delit_cache.data.imageio import write_exr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_exr(path, np.zeros((8, 16, 3), np.float32))
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["delit", "diffusionlight"])
+@pytest.mark.parametrize("which", ["pred", "gt"])
+def test_envmetrics_refuses_a_map_without_light(which, protocol, tmp_path, capsys):
+    dark, good = _zero_exr(tmp_path / "dark.exr"), str(HDRI_DIR / "city.exr")
+    pair = [str(dark), good] if which == "pred" else [good, str(dark)]
+    assert main(["envmetrics", *pair, "--protocol", protocol]) == 2  # was: scores, some NaN
+    assert _one_error_line(capsys) == f"error: {dark}: env map holds no light (every value is 0)"
+
+
+def test_a_map_without_light_is_refused_everywhere_it_enters(tmp_path, capsys):
+    dark = _zero_exr(tmp_path / "hdri" / "dark.exr")
+    synth = ["synth", "--out", str(tmp_path / "s"), "--n", "1", "--size", "32"]
+    assert main([*synth, "--hdri-dir", str(dark.parent), "--p-hdri", "1"]) == 2  # black portraits
+    assert "dark.exr: env map holds no light" in _one_error_line(capsys)
+    shard = _zero_env_shard(tmp_path / "shards")
+    assert main(["data", "check", str(shard)]) == 1
+    assert "shard-000000.tar:dark: env holds no light (every value is 0)" in capsys.readouterr().out
+    cache = tmp_path / "c.zarr"
+    assert (
+        main(["encode", "--vae", "demo", "--data", str(shard), "--out", str(cache), *DEMO[4:]]) == 2
+    )
+    assert _one_error_line(capsys) == "error: dark: env map holds no light (every value is 0)"
+    assert main(["eval", *DEMO, "--data", str(shard)]) == 2  # was: NaN in the table, exit 0
+    assert _one_error_line(capsys) == "error: dark: env map holds no light (every value is 0)"
+    run = tmp_path / "run"  # a damaged checkpoint: its mean env map is black
+    save_heads(create_heads(SMALL, seed=0), run / "heads.safetensors")
+    _zero_exr(run / "mean_env.exr")
+    photo = str(_photo(tmp_path / "p.png"))
+    assert main(["infer", "--checkpoint", str(run), *DEMO[2:], "--out", str(run), photo]) == 2
+    assert "mean_env.exr: env map holds no light" in _one_error_line(capsys)
+
+
+def test_pack_and_check_of_a_folder_without_samples(tmp_path, capsys):
+    from test_pack_check import write_layout
+
+    src = write_layout(tmp_path / "src", stems=())
+    assert main(["data", "check", str(src)]) == 2  # was: "0 samples, 0 problems", exit 0
+    assert "no samples" in _one_error_line(capsys)
+    src = write_layout(tmp_path / "one", stems=("a",))
+    out = tmp_path / "shards"
+    assert main(["pack", str(src), "--out", str(out), "--shard-size", "0"]) == 2
+    assert _one_error_line(capsys) == "error: --shard-size 0: must be >= 1"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("num_rows", "many", "num_rows is 'many'"),
+        ("num_rows", -4, "num_rows is -4"),
+        ("num_rows", 10**30, "num_rows 1000000000000000000000000000000 but the arrays hold 8"),
+        ("block_size", 0, "block_size is 0"),
+        ("block_size", None, "block_size is None"),
+        ("image_size", "big", "image_size is 'big'"),
+    ],
+)
+def test_cache_with_damaged_attributes_is_one_line(
+    name, value, expected, tmp_path, cache_path, capsys
+):
+    import json
+    import shutil
+
+    broken = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, broken)
+    meta = json.loads((broken / "zarr.json").read_text())
+    meta["attributes"][name] = value
+    (broken / "zarr.json").write_text(json.dumps(meta))
+    assert main(["cache", "verify", str(broken)]) == 2  # was: a traceback
+    assert f"damaged store attributes ({expected}" in _one_error_line(capsys)
+    assert _train(broken, tmp_path / "run", "tiny", "--steps", "1") == 2
+    assert f"damaged store attributes ({expected}" in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_encode_block_size_0_leaves_no_lock_file(tmp_path, capsys):
+    shard = _zero_env_shard(tmp_path / "shards")
+    out = tmp_path / "c.zarr"
+    args = ["encode", "--vae", "demo", "--data", str(shard), "--out", str(out), "--block-size", "0"]
+    assert main(args) == 2
+    assert _one_error_line(capsys) == "error: --block-size 0: must be >= 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+def test_a_shard_named_twice_is_read_once(tmp_path, capsys):
+    from test_encode import write_shards
+
+    from delit_cache.data.shards import expand_shards
+
+    folder = write_shards(tmp_path / "d", 2, shard_size=1)
+    (tmp_path / "link.tar").symlink_to(folder / "shard-000000.tar")
+    twice = [str(folder), f"{folder}/../d/shard-000000.tar", str(tmp_path / "link.tar")]
+    assert expand_shards(twice) == [folder / "shard-000000.tar", folder / "shard-000001.tar"]
+    assert main(["data", "check", f"{folder}/{{shard-000000.tar,../d/shard-000000.tar}}"]) == 0
+    assert capsys.readouterr().out == "1 samples, 0 problems\n"  # was: "duplicate key"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--steps", "0"], "--steps 0: must be >= 1"),  # was: the config's 450 steps
+        (["--steps", "-3"], "--steps -3: must be >= 1"),
+        (["--train-samples", "0"], "--train-samples 0: must be >= 1"),
+        (["--val-samples", "0"], "--val-samples 0: must be >= 1"),  # was: about --examples
+        (["--workers", "0"], "--workers 0: must be >= 1"),
+        (["--out", "{file}"], "{file}: Not a directory"),  # was: after the first stage's line
+    ],
+)
+def test_demo_bad_options_fail_before_any_stage(extra, expected, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = ["demo", "--out", str(tmp_path / "d"), "--device", "cpu"]
+    assert main([*args, *(a.format(file=blocker) for a in extra)]) == 2
+    assert _one_error_line(capsys) == f"error: {expected.format(file=blocker)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_lora_alpha_inf_and_a_rank_above_full_rank_are_refused(tmp_path, capsys):
+    from test_encode import write_shards
+
+    from delit_cache.utils.errors import DelitError
+    from delit_cache.vae import load_wan_vae
+    from delit_cache.vae.lora import LoraSpec, add_lora
+
+    shards = write_shards(tmp_path / "shards", 1)
+    args = ["train-lora", *DEMO[:6], "--data", str(shards), "--out", str(tmp_path / "run")]
+    assert main([*args, "--steps", "1", "--lora-alpha", "inf", "--no-progress"]) == 2
+    assert _one_error_line(capsys) == "error: --lora-alpha inf: must be a finite number > 0"
+    assert not (tmp_path / "run").exists()  # was: a run folder, then "NaN at step 1"
+    with pytest.raises(DelitError, match=r"--lora-rank 65: above the full rank .* \(at most 64"):
+        add_lora(load_wan_vae("demo"), LoraSpec(rank=65))  # 10**8 was a failed 170 GB allocation
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lr: [1, 2]\n", "lr must be a number, got [1, 2]"),
+        ("lr: 1e-3\n", "lr must be a number, got '1e-3' (YAML reads 1e-3 as a string"),
+        ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
+        ("steps: true\n", "steps must be an integer or null, got True"),
+        ("warmup_steps: 1e9\n", "warmup_steps must be an integer, got '1e9'"),
+        ("betas: [0.9]\n", "betas must be a list of 2 values, got [0.9]"),
+        ("model:\n  flat_width: -3\n", "model: flat_width must be >= 1, got -3"),
+        ("model:\n  env_dim: wide\n", "model: env_dim must be an integer, got 'wide'"),
+        ("model:\n  env_query_grid: [8, 0]\n", "model: env_query_grid must be >= 1, got (8, 0)"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line(text, expected, tmp_path, cache_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    assert _train(cache_path, tmp_path / "run", str(config)) == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_binary_config_file_is_one_line(tmp_path, cache_path, capsys):
+    config = tmp_path / "bin.yaml"
+    config.write_bytes(bytes(range(256)))
+    assert _train(cache_path, tmp_path / "run", str(config)) == 2
+    assert "not a text file" in _one_error_line(capsys)
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, cache_path, monkeypatch, capsys):
+    """An allocation failure (here: the CPU allocator's, raised at the first step) is one
+    line that says what to lower, exit 2."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate"
+            " memory: you tried to allocate 409600000000 bytes."
+        )
+
+    monkeypatch.setattr(trainer_mod, "train_heads", fail)
+    assert _train(cache_path, tmp_path / "run", "tiny", "--steps", "1") == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: out of memory (") and "lower --batch-size" in line
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(trainer_mod, "train_heads", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train-heads", "--cache", "c", "--out", "r", "--config", "tiny"])
+
+
+def test_lora_negative_warmup_is_refused(tmp_path, capsys):
+    from test_encode import write_shards
+
+    shards = write_shards(tmp_path / "shards", 1)
+    args = ["train-lora", *DEMO[:6], "--data", str(shards), "--out", str(tmp_path / "run")]
+    assert main([*args, "--steps", "1", "--warmup-steps", "-1", "--no-progress"]) == 2
+    assert _one_error_line(capsys) == "error: --warmup-steps -1: must be >= 0"
+
+
+def test_light_direction_of_a_map_near_the_float_limit():
+    """The light-direction error of a map against itself is 0 however bright the map (the
+    centroid used to overflow float32 above about 1e30)."""
+    from delit_cache.lighting.sphere_metrics import light_direction_error_deg
+
+    env = torch.rand(1, 3, 128, 256, generator=torch.Generator().manual_seed(0)) * 1e-3
+    env[..., 40:44, 60:64] = 1.0
+    for scale in (1.0, 1e30, 3e38):
+        err = light_direction_error_deg(env * scale, env * scale)
+        assert float(err) < 0.1, (scale, float(err))  # acos near 1: float32 rounding

@@ -262,7 +262,7 @@ def test_train_lora_resume_is_exact_and_refuses_another_rank(lora_data, tiny_vae
     ("flag", "value", "needle"),
     [
         ("--lora-rank", "0", "--lora-rank 0: must be >= 1"),
-        ("--lora-alpha", "-1", "--lora-alpha -1.0: must be > 0"),
+        ("--lora-alpha", "-1", "--lora-alpha -1.0: must be a finite number > 0"),
         ("--mixed-precision", "fp16", "--mixed-precision fp16: expected no or bf16"),
         ("--steps", "0", "--steps 0: must be >= 1"),
     ],

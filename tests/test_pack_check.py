@@ -117,4 +117,5 @@ def test_pack_bad_shard_size(tmp_path, shard_size, capsys):
     assert (
         main(["pack", str(src), "--out", str(tmp_path / "o"), "--shard-size", str(shard_size)]) == 2
     )
-    assert "shard size" in capsys.readouterr().err
+    assert f"--shard-size {shard_size}: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before the output folder is made

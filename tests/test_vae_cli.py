@@ -131,7 +131,7 @@ def test_vae_check_unreadable_image(tiny_vae_pth, tmp_path, capsys):
     code = main(["vae-check", "--vae", str(tiny_vae_pth), "--image", str(bad)])
     captured = capsys.readouterr()
     assert code == 2
-    assert captured.err.startswith("error: ") and "cannot read image" in captured.err
+    assert captured.err.startswith("error: ") and "unreadable image" in captured.err
     assert str(bad) in captured.err and "Traceback" not in captured.err
 
 

@@ -249,6 +249,8 @@ def _sample_variants(
     sample = decode_sample(raw)
     if not torch.isfinite(sample["env"]).all():
         raise DelitError(f"{raw['__key__']}: env map has NaN or Inf values (run delit data check)")
+    if not (sample["env"] > 0).any():
+        raise DelitError(f"{raw['__key__']}: env map holds no light (every value is 0)")
     env = resample_env(sample["env"].clamp_min(0.0), cache_mod.ENV_SIZE)
     transform = PortraitTransform(size)
     out = []
@@ -410,6 +412,8 @@ def encode_shards(
         raise DelitError("--batch-size and --augment must be >= 1")
     if workers < 0:
         raise DelitError(f"--workers {workers}: must be >= 0")
+    if block_size < 1:  # checked before the lock file is made beside the store
+        raise DelitError(f"--block-size {block_size}: must be >= 1")
     encode_dtype = vae.dtype if vae is not None else resolve_dtype(dtype)
     out = Path(out)
     info = dist_info()

@@ -153,7 +153,27 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
                 f"{path}: array {name!r} is {reason}; the store cannot be repaired in place "
                 "(delete it and rerun delit encode)"
             ) from None
+    problem = _layout_problem(dict(group.attrs), group["key"].shape[0])
+    if problem:
+        raise DelitError(
+            f"{path}: damaged store attributes ({problem}); delete it and rerun delit encode"
+        )
     return group
+
+
+def _layout_problem(attrs: dict[str, Any], key_rows: int) -> str | None:
+    """What is wrong with the attributes that every read relies on (row count, block size,
+    sizes), or None: ``zarr.json`` edited by hand or damaged must not end in a traceback."""
+    for name in ("block_size", "image_size", "latent_size", "z_dim"):
+        value = attrs.get(name)
+        if type(value) is not int or value < 1:
+            return f"{name} is {value!r}, not a positive integer"
+    rows, size = attrs.get("num_rows"), attrs["block_size"]
+    if type(rows) is not int or rows < 0 or rows % size:
+        return f"num_rows is {rows!r}, not a whole number of blocks of {size} rows"
+    if rows > key_rows:
+        return f"num_rows {rows} but the arrays hold {key_rows} rows"
+    return None
 
 
 def check_spec(path: Path, attrs: dict[str, Any], spec: CacheSpec) -> None:

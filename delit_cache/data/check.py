@@ -11,7 +11,8 @@ Folder layout (the input of ``delit pack``)::
 
 Files are matched by stem. A problem is one line ``<key or file>: <what is wrong>``: an
 unreadable file, a missing partner, a size mismatch between relit/flat/mask/normal,
-non-finite or negative HDR values, an env map that is not 2:1, or a duplicate key.
+non-finite or negative HDR values, an env map with no light (all 0) or that is not 2:1, or a
+duplicate key.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def sample_problems(sample: dict[str, Any]) -> list[str]:
         out.append(f"env has {int((~torch.isfinite(env)).sum())} non-finite values")
     elif (env < 0).any():
         out.append(f"env has {int((env < 0).sum())} negative values (min {float(env.min()):.3g})")
+    elif not (env > 0).any():
+        out.append("env holds no light (every value is 0)")
     h, w = env.shape[-2:]
     if w != 2 * h:
         out.append(f"env is {h}x{w}, not 2:1 equirectangular")
@@ -220,12 +223,14 @@ def iter_folder(root: str | Path, problems: list[str]) -> Iterator[dict[str, Any
 
 
 def check_folder(root: str | Path) -> CheckReport:
-    """Read and check every sample of a folder layout."""
+    """Read and check every sample of a folder layout (``DelitError`` when it holds none)."""
     report = CheckReport()
     samples, _ = scan_folder(root)
     for _ in iter_folder(root, report.problems):
         pass
     report.n_samples = len(samples)
+    if not samples and not report.problems:  # as for a shard folder without shards
+        raise DelitError(f"{root}: no samples (relit/, flat/ and env/ hold no image files)")
     return report
 
 

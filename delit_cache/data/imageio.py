@@ -13,10 +13,12 @@ Policies:
   black; those are clamped to 0 with a warning.
 - LDR (``read_ldr``): sRGB-encoded values scaled to [0, 1] (8-bit / 255, 16-bit / 65535),
   NOT linearised. EXIF orientation is applied. Grayscale is replicated to three channels.
-  Palette and CMYK images are converted to RGB. Alpha is never composited: the colour is
-  returned as stored and the alpha channel ([H,W] in [0, 1]) is returned separately when
-  ``with_alpha=True`` (``None`` when the file has none). 16-bit colour PNGs are decoded here,
-  because Pillow truncates them to 8 bits.
+  Palette and CMYK images are converted to RGB; 32-bit float grey (TIFF) is read as stored
+  and must lie in [0, 1]. Alpha is never composited: the colour is returned as stored and the
+  alpha channel ([H,W] in [0, 1]) is returned separately when ``with_alpha=True`` (``None``
+  when the file has none). 16-bit colour PNGs are decoded here, because Pillow truncates them
+  to 8 bits. Pillow's decompression-bomb warning (above 89 Mpx) is silenced; its error (above
+  twice that) makes the file unreadable.
 - Writing is atomic: a temporary file in the target folder, then ``os.replace``.
   ``write_exr`` stores half floats by default (values above 65504 are clipped to it);
   ``write_png`` clips to [0, 1] and rounds to 8 or 16 bits.
@@ -25,8 +27,11 @@ Policies:
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +118,14 @@ def _hwc3(arr, path) -> np.ndarray:
 NEG_TOLERANCE = 0.01  # negatives down to -1 % of the mean |radiance| are lossy-codec noise
 
 
+def _require_file(path: Path) -> None:
+    """``DelitError`` unless ``path`` is a file (a folder named ``x.png`` is not one)."""
+    if path.is_dir():
+        raise DelitError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise DelitError(f"{path}: file not found")
+
+
 def _check_radiance(arr: np.ndarray, path) -> np.ndarray:
     """Raise on NaN/Inf or real negative radiance; clamp codec-noise negatives to 0."""
     if not np.isfinite(arr).all():
@@ -139,8 +152,7 @@ def read_hdr(path: str | Path, check: bool = True) -> np.ndarray:
     down to -1 % of the mean |radiance| are clamped to 0, with a warning).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DelitError(f"{path}: file not found")
+    _require_file(path)
     ext = path.suffix.lower()
     if ext == ".exr":
         arr = _read_exr(path)
@@ -225,7 +237,13 @@ def _rgbe_header(data: bytes, path: Path) -> tuple[int, int, int]:
             parts = line.split()
             if len(parts) != 4 or parts[0] != b"-Y" or parts[2] != b"+X":
                 raise DelitError(f"{path}: unsupported Radiance orientation {line.decode()}")
-            return int(parts[1]), int(parts[3]), pos
+            try:
+                h, w = int(parts[1]), int(parts[3])
+            except ValueError:
+                h = w = 0
+            if h < 1 or w < 1:
+                raise DelitError(f"{path}: bad Radiance image size {line.decode(errors='replace')}")
+            return h, w, pos
 
 
 def _rle_scanline(data: bytes, pos: int, width: int, path: Path) -> tuple[np.ndarray, int]:
@@ -390,15 +408,35 @@ def _read_png16(path: Path) -> np.ndarray:
     return vals.reshape(h, w, nchan).astype(np.float32) / 65535.0
 
 
-def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
-    """Pillow decode -> (float32 ``[H,W,C]`` in [0,1], EXIF orientation code)."""
+@contextlib.contextmanager
+def _open_pillow(path: Path) -> Iterator:
+    """``Image.open(path)`` without Pillow's DecompressionBombWarning: photos up to twice its
+    limit (2 x 89 Mpx) are read quietly; above that Pillow raises, and the file is reported."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            yield im
+
+
+def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
+    """Pillow decode -> (float32 ``[H,W,C]`` in [0,1], EXIF orientation code)."""
+    with _open_pillow(path) as im:
         orientation = int(im.getexif().get(0x0112, 1))
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             a = np.asarray(im, dtype=np.float32)[:, :, None] / 65535.0
             return np.clip(a, 0.0, 1.0), orientation
+        if im.mode == "F":  # 32-bit float grey (TIFF): converting it to RGB makes it black
+            a = np.asarray(im, dtype=np.float32)
+            if not np.isfinite(a).all():
+                raise DelitError(f"{path}: floating-point image with NaN or Inf values")
+            if a.size and (a.min() < 0.0 or a.max() > 1.0):
+                raise DelitError(
+                    f"{path}: floating-point image with values outside [0, 1] (min "
+                    f"{a.min():.4g}, max {a.max():.4g}); store it as 8 or 16 bits"
+                )
+            return a[:, :, None], orientation
         if im.mode not in ("L", "LA", "RGB", "RGBA"):
             im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
         a = np.asarray(im, dtype=np.float32) / 255.0
@@ -406,9 +444,7 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _read_orientation(path: Path) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with _open_pillow(path) as im:
         return int(im.getexif().get(0x0112, 1))
 
 
@@ -421,8 +457,7 @@ def read_ldr(
     ``with_alpha=True`` returns ``(rgb, alpha)`` where alpha is ``[H,W]`` in [0, 1] or None.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DelitError(f"{path}: file not found")
+    _require_file(path)
     try:
         ihdr = _png_ihdr(path)
         if ihdr is not None and ihdr[0] == 16 and ihdr[1] in (2, 4, 6):

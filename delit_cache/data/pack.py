@@ -42,6 +42,8 @@ def pack_folder(
     nothing is written. ``progress(n)`` is called after each sample.
     """
     src, out = Path(src), Path(out)
+    if shard_size < 1:  # before ``out`` is made
+        raise DelitError(f"--shard-size {shard_size}: must be >= 1")
     ensure_no_shards(out)
     stems, _ = scan_folder(src)
     if not stems:

@@ -66,15 +66,17 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
     ``spec`` may be a directory (all ``*.tar`` in it), a single tar file, a glob
     (``data/*.tar``), a brace pattern (``data/shard-{000000..000003}.tar``) or a list of any of
-    these. Raises ``DelitError`` when a named file is missing or nothing matches.
+    these. A shard named twice (``data`` and ``data/../data/shard-000000.tar``, or a link to
+    it) is listed once. Raises ``DelitError`` when a named file is missing or nothing matches.
     """
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    found: set[Path] = set()
+    found: dict[Path, Path] = {}  # resolved path -> the first spelling found
     for item in specs:
-        found.update(_expand_one(str(item)))
+        for path in _expand_one(str(item)):
+            found.setdefault(path.resolve(), path)
     if not found:
         raise DelitError(f"{spec}: no .tar shards found")
-    return sorted(found)
+    return sorted(found.values())
 
 
 def _expand_one(item: str) -> list[Path]:

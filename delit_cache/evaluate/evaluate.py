@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from delit_cache.lighting.envmap import ENV_SIZE, resample_env
+from delit_cache.lighting.envmap import ENV_SIZE, require_light, resample_env
 from delit_cache.models import DelitModel, Placement, PortraitTransform
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import progress_bar
@@ -105,7 +105,7 @@ def model_inputs(sample: dict, transform: PortraitTransform) -> dict[str, Any]:
         )
     relit_sq, placement = transform(relit)
     flat_sq, _ = transform(flat)
-    env = sample["env"].float()
+    env = require_light(sample["env"].float(), sample.get("key", "?"))
     if tuple(env.shape[-2:]) != ENV_SIZE:
         env = resample_env(env, ENV_SIZE)
     return {"relit": relit_sq, "flat": flat_sq, "placement": placement, "env": env}

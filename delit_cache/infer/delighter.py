@@ -26,6 +26,7 @@ from delit_cache.models import (
     create_model_and_transforms,
 )
 from delit_cache.models.pretrained import heads_metadata, heads_weights_path, load_heads
+from delit_cache.utils.atomic import make_dir
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import get_logger, logging_beside_bars, progress_bar
@@ -79,12 +80,13 @@ def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | Non
     (the training metadata), ``image_size`` (int or None) and ``vae_fingerprint`` (or None).
     Raises ``DelitError`` for a missing or unusable checkpoint (VAE weights, garbage, ...).
     """
-    from delit_cache.lighting.envmap import load_env  # the HDR reader pulls in OpenEXR
+    # the HDR reader pulls in OpenEXR
+    from delit_cache.lighting.envmap import load_env, require_light
 
     heads_path, env_path = _checkpoint_files(spec)
     heads = load_heads(heads_path)
     extra = heads_metadata(heads_path)
-    mean_env = load_env(env_path) if env_path is not None else None
+    mean_env = require_light(load_env(env_path), env_path) if env_path is not None else None
     info = {
         "checkpoint": str(heads_path),
         "mean_env": str(env_path) if env_path is not None else None,
@@ -126,7 +128,7 @@ def vae_mismatch_warning(info: dict, vae: object) -> str | None:
 
 def model_size(info: dict, size: int | None) -> int:
     """The model input size: ``size`` if given, else the heads' training size, else 512."""
-    chosen = size or info.get("image_size") or DEFAULT_SIZE
+    chosen = size if size is not None else info.get("image_size") or DEFAULT_SIZE
     if chosen % 8 or chosen < 8:
         raise DelitError(f"--size {chosen}: the model size must be a positive multiple of 8")
     return int(chosen)
@@ -175,7 +177,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]
     """Files and folders -> (image files, one-line problems for inputs that do not exist).
 
     Folders are searched recursively for png/jpg/jpeg/webp/tif files; each folder's files and
-    the list as a whole keep the given order, folder contents sorted. Duplicates are dropped.
+    the list as a whole keep the given order, folder contents sorted. Duplicates (the same
+    file named twice, by any spelling or link) are dropped.
     """
     files: list[Path] = []
     problems: list[str] = []
@@ -192,8 +195,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]
             files.append(path)
         else:
             problems.append(f"{path}: no such file or folder")
-    unique = list(dict.fromkeys(files))
-    return unique, problems
+    unique: dict[Path, Path] = {}  # resolved path -> the first spelling given
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), problems
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -289,6 +294,11 @@ class RunSummary:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def all_failed(self) -> bool:
+        """Every input failed (each already reported in its own line): nothing was written."""
+        return bool(self.failed) and not self.written
+
     def line(self) -> str:
         n_ok, n_bad = len(self.written), len(self.failed)
         return f"delit infer: {n_ok} image(s) done, {n_bad} failed"
@@ -380,13 +390,13 @@ class Delighter:
             log.error("error: %s", line)
         if not paths:
             return summary
-        out.mkdir(parents=True, exist_ok=True)
         names = output_names(paths)
         bar = progress_bar(total=len(paths), unit="img", enabled=progress)
         with logging_beside_bars():
             for batch in _path_batches(paths, self.batch_size):
                 loaded = self._load_batch(batch, summary)
                 if loaded:
+                    make_dir(out)  # only once there is something to write
                     results = self.predict([im for _, im in loaded])
                     for (path, _), res in zip(loaded, results, strict=True):
                         _write_checked(path, res, out / names[path], summary)

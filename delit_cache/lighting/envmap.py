@@ -192,6 +192,14 @@ def load_env(path: str | Path, size: tuple[int, int] | None = ENV_SIZE) -> torch
     return env if size is None else resample_env(env, size)
 
 
+def require_light(env: torch.Tensor, name: object) -> torch.Tensor:
+    """``env`` itself; ``DelitError`` naming ``name`` when it holds no light at all (every
+    value 0): a portrait lit by it is black, and every sphere metric against it is undefined."""
+    if not bool((env > 0).any()):
+        raise DelitError(f"{name}: env map holds no light (every value is 0)")
+    return env
+
+
 def fixture_envs() -> dict[str, Path]:
     """The bundled CC0 HDRI fixtures (128x256 half-float EXR): name (file stem) -> path.
 

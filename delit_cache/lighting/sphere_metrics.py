@@ -102,7 +102,9 @@ def brightest_direction(env: torch.Tensor) -> torch.Tensor:
     the pixels within 10 degrees of that argmax (sub-pixel, robust to a flat-topped sun).
     """
     x, _ = as_env_batch(env)
-    x = resample_env(x.float(), ENV_SIZE)
+    x = x.float()
+    x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)  # no overflow near 3e38
+    x = resample_env(x, ENV_SIZE)
     h, w = x.shape[-2:]
     blurred, lum = _blur_lum(x)
     dirs = direction_grid(h, w, device=x.device).flatten(1)  # [3,P]

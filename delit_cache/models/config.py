@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from delit_cache.utils.fields import field_type_problem
+
 
 @dataclass(frozen=True)
 class DelitConfig:
@@ -25,6 +27,16 @@ class DelitConfig:
     env_heads: int = 8  # env decoder: attention heads
     env_min_channels: int = 32  # env decoder: narrowest upsampling width (at full resolution)
     env_size: tuple[int, int] = (128, 256)  # output panorama (height, width)
+
+    def __post_init__(self):
+        problem = field_type_problem(DelitConfig, self.to_dict())
+        if problem:
+            raise ValueError(problem)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if f.type != "bool" and any(v < 1 for v in values):
+                raise ValueError(f"{f.name} must be >= 1, got {value}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

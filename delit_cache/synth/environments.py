@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from delit_cache.lighting.envmap import ENV_SIZE, direction_grid, load_env, rotate_env, solid_angles
+from delit_cache.lighting.envmap import (
+    ENV_SIZE,
+    direction_grid,
+    load_env,
+    require_light,
+    rotate_env,
+    solid_angles,
+)
 
 KINDS = ("sky", "overcast", "indoor", "studio", "neon", "key")
 KIND_WEIGHTS = (0.25, 0.1, 0.2, 0.15, 0.1, 0.2)
@@ -252,7 +259,7 @@ def list_hdris(
 
 @functools.lru_cache(maxsize=64)
 def _load_hdri(path: str) -> torch.Tensor:
-    return load_env(path)
+    return require_light(load_env(path), path)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import yaml
 
 from delit_cache.models.config import DelitConfig
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.fields import field_type_problem
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -138,6 +139,9 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig
     unknown = sorted(set(data) - names)
     if unknown:
         raise DelitError(f"{where}: unknown training config keys {unknown}")
+    problem = field_type_problem(TrainConfig, data)
+    if problem:
+        raise DelitError(f"{where}: {problem}")
     data = dict(data)
     for name in ("betas", "sphere_env_size"):
         if name in data:
@@ -160,6 +164,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             loaded = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
             raise DelitError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise DelitError(f"{file}: not a text file (a training config is YAML)") from None
         if not isinstance(loaded, dict):
             raise DelitError(f"{file}: a training config must be a YAML mapping")
         data.update(loaded)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from delit_cache.utils.errors import DelitError
+from delit_cache.utils.fields import field_type_problem
 
 MIXED_PRECISION = ("no", "bf16")
 
@@ -42,8 +44,13 @@ class LoraTrainConfig:
             if getattr(self, name) < 1:
                 raise DelitError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         for name in ("lora_alpha", "lr", "heads_lr"):
-            if not getattr(self, name) > 0:
-                raise DelitError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be > 0")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DelitError(f"--{name.replace('_', '-')} {value}: must be a finite number > 0")
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise DelitError(f"--{name.replace('_', '-')} {value}: must be >= 0")
         if self.mixed_precision not in MIXED_PRECISION:
             raise DelitError(f"--mixed-precision {self.mixed_precision}: expected no or bf16")
         if self.image_size < 0 or self.image_size % 8:
@@ -58,6 +65,9 @@ def _from_dict(data: dict[str, Any], where: str) -> LoraTrainConfig:
     unknown = sorted(set(data) - names)
     if unknown:
         raise DelitError(f"{where}: unknown train-lora setting {unknown[0]!r}")
+    problem = field_type_problem(LoraTrainConfig, data)
+    if problem:
+        raise DelitError(f"{where}: {problem}")
     cfg = LoraTrainConfig(**data)
     cfg.check()
     return cfg

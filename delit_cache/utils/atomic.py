@@ -38,6 +38,18 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse (``NotADirectoryError`` naming ``path``) an output folder that is a file or lies
+    under one, without creating anything: commands call it before their work."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+            break
+    return path
+
+
 def check_output_file(path: str | Path) -> Path:
     """Make the folder of an output file; refuse a path that is a folder (``OSError``).
 

@@ -21,6 +21,7 @@ and width of the VAE they were trained on in the metadata.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,11 @@ class LoraSpec:
     targets: tuple[str, ...] = ()  # decoder module names adapted (empty: chosen by type)
 
     def check(self) -> None:
-        """``DelitError`` for a rank below 1 or an alpha that is not positive."""
+        """``DelitError`` for a rank below 1 or an alpha that is not a finite positive number."""
         if self.rank < 1:
             raise DelitError(f"--lora-rank {self.rank}: must be >= 1")
-        if not self.alpha > 0:
-            raise DelitError(f"--lora-alpha {self.alpha}: must be > 0")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise DelitError(f"--lora-alpha {self.alpha}: must be a finite number > 0")
 
 
 def _causal_conv_classes():
@@ -122,6 +123,12 @@ def _module_names(decoder: nn.Module) -> list[str]:
     return names
 
 
+def _full_rank(conv: nn.Module) -> int:
+    """The largest useful LoRA rank of a convolution: min(out channels, in channels x kernel)."""
+    weight = conv.weight
+    return min(int(weight.shape[0]), int(weight[0].numel()))
+
+
 def target_names(vae) -> tuple[str, ...]:
     """Names (under ``vae.model.decoder``) of the modules that get adapters."""
     return tuple(_module_names(vae.model.decoder))
@@ -141,6 +148,12 @@ def add_lora(vae, spec: LoraSpec) -> LoraSpec:
     unknown = sorted(set(targets) - set(found))
     if unknown:
         raise DelitError(f"LoRA targets not among the decoder's convolutions: {unknown[:3]}")
+    full = max(_full_rank(decoder.get_submodule(name)) for name in targets)
+    if spec.rank > full:  # refused before peft allocates adapters of that width
+        raise DelitError(
+            f"--lora-rank {spec.rank}: above the full rank of every adapted convolution "
+            f"(at most {full} here)"
+        )
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
