@@ -702,3 +702,40 @@ def test_light_direction_of_a_map_near_the_float_limit():
     for scale in (1.0, 1e30, 3e38):
         err = light_direction_error_deg(env * scale, env * scale)
         assert float(err) < 0.1, (scale, float(err))  # acos near 1: float32 rounding
+
+
+def test_a_png_whose_pixel_data_stops_early_is_refused(tmp_path, capsys):
+    """A PNG whose compressed rows end cleanly after 3 of 40 (a well-formed IEND after them)
+    decodes in Pillow with the missing rows black; delit names it instead."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 24, 3), 200, np.uint8)).save(good)
+    data = good.read_bytes()
+    chunks, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunks.append((kind, data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    rows = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    short = zlib.compress(rows[: 3 * (1 + 24 * 3)])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    cut = tmp_path / "cut.png"
+    head = b"".join(chunk(k, b) for k, b in chunks if k not in (b"IDAT", b"IEND"))
+    cut.write_bytes(data[:8] + head + chunk(b"IDAT", short) + chunk(b"IEND", b""))
+    with Image.open(cut) as im:  # what Pillow alone makes of it: no error
+        assert np.asarray(im.convert("RGB"))[-1].max() == 0
+    out = tmp_path / "out"
+    assert main(["infer", *DEMO, "--out", str(out), str(cut)]) == 2
+    assert (
+        _one_error_line(capsys)
+        == f"error: {cut}: truncated PNG (pixel data ends after row 3 of 40)"
+    )
+    assert not out.exists()

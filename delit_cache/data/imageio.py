@@ -385,9 +385,12 @@ def _unfilter_seq(line: np.ndarray, prev: np.ndarray, bpp: int, ftype: int) -> n
     return res.reshape(-1)
 
 
-def _read_png16(path: Path) -> np.ndarray:
-    """Decode a non-interlaced 16-bit PNG -> float32 ``[H,W,C]`` in [0, 1] (C = 1, 2, 3, 4)."""
-    data = path.read_bytes()
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+
+
+def _png_chunks(data: bytes) -> tuple[tuple, bytes]:
+    """(IHDR fields: width, height, depth, colour type, ..., interlace; joined IDAT data) of a
+    PNG file's bytes."""
     pos, idat, ihdr = 8, [], None
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -399,9 +402,29 @@ def _read_png16(path: Path) -> np.ndarray:
         elif ctype == b"IEND":
             break
         pos += 12 + length
-    w, h, _, ctype_code, *_ = ihdr
-    nchan = {0: 1, 2: 3, 4: 2, 6: 4}[ctype_code]
-    raw = zlib.decompress(b"".join(idat))
+    return ihdr, b"".join(idat)
+
+
+def _check_png_rows(path: Path) -> None:
+    """``DelitError`` when a non-interlaced PNG's pixel data stops before its last row:
+    Pillow fills the missing rows with black and reports nothing."""
+    (w, h, depth, ctype, *_, interlace), idat = _png_chunks(path.read_bytes())
+    if interlace:
+        return
+    stride = 1 + (w * PNG_CHANNELS[ctype] * depth + 7) // 8
+    inflate, n, rest = zlib.decompressobj(), 0, idat
+    while rest:  # count the bytes without holding them (1 MiB at a time)
+        n += len(inflate.decompress(rest, 1 << 20))
+        rest = inflate.unconsumed_tail
+    if n < h * stride:
+        raise DelitError(f"{path}: truncated PNG (pixel data ends after row {n // stride} of {h})")
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """Decode a non-interlaced 16-bit PNG -> float32 ``[H,W,C]`` in [0, 1] (C = 1, 2, 3, 4)."""
+    (w, h, _, ctype_code, *_), idat = _png_chunks(path.read_bytes())
+    nchan = PNG_CHANNELS[ctype_code]
+    raw = zlib.decompress(idat)
     px = _unfilter(raw, h, w * nchan * 2, nchan * 2)
     vals = px.reshape(h, w * nchan, 2).astype(np.uint16)
     vals = (vals[..., 0] << 8) | vals[..., 1]
@@ -465,6 +488,8 @@ def read_ldr(
                 raise DelitError(f"{path}: interlaced 16-bit colour PNG is not supported")
             a, orientation = _read_png16(path), _read_orientation(path)
         else:
+            if ihdr is not None:
+                _check_png_rows(path)
             a, orientation = _read_pillow(path)
     except DelitError:
         raise
