@@ -1,10 +1,13 @@
 """Tabulate ``delit eval --json`` results side by side, with the mean-env baseline and targets.
 
     python benchmarks/heldout_table.py --eval "shipped heads=eval.json" --eval "old=old.json"
+    python benchmarks/heldout_table.py --protocol diffusionlight --eval ...
 
 Prints a markdown table: one row per metric, one column per result, then the baselines of
-the first result (input as flat-lit; mean env map) and the codec ceiling. Lower is better
-for every env metric; higher for PSNR and SSIM.
+the first result (input as flat-lit; mean env map) and the codec ceiling, and a last row
+counting the nine sphere metrics on which each result beats the mean env map. Lower is
+better for every env metric; higher for PSNR and SSIM. ``--protocol diffusionlight`` reads
+the eval's ``reference_protocol`` block instead (spheres only; EnvMapNet's light error).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ ROWS = (
 )
 
 
+# --protocol diffusionlight: the sphere rows of the eval's reference_protocol block
+REFERENCE_ROWS = (
+    *(
+        (label, (p[0].replace("matte", "matte_silver"), *p[1:]), d, b)
+        for label, p, d, b in ROWS[2:-1]
+    ),
+    ("EnvMapNet light error (deg)", ("light_dir_deg",), 1, "baseline_mean_env"),
+)
+
+
 def lookup(block: dict | None, path: tuple[str, ...]) -> float | None:
     for key in path:
         if not isinstance(block, dict) or key not in block:
@@ -42,23 +55,45 @@ def fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(results: list[tuple[str, dict]]) -> str:
+def wins(result: dict, rows: tuple) -> int:
+    """How many of the nine sphere metrics among ``rows`` beat the mean-env baseline."""
+    model, base = result.get("model"), result.get("baseline_mean_env")
+    paths = [
+        path for _, path, _, _ in rows if path[0] in ("diffuse", "matte", "matte_silver", "mirror")
+    ]
+    pairs = [(lookup(model, p), lookup(base, p)) for p in paths]
+    return sum(m is not None and b is not None and m < b for m, b in pairs)
+
+
+def table(results: list[tuple[str, dict]], protocol: str = "delit") -> str:
+    rows = ROWS
+    if protocol == "diffusionlight":
+        results = [(name, r.get("reference_protocol") or {}) for name, r in results]
+        rows = REFERENCE_ROWS
     first = results[0][1]
     names = [name for name, _ in results]
     head = "| metric | " + " | ".join(names) + " | free baseline | codec ceiling |"
     lines = [head, "|" + " --- |" * (len(names) + 3)]
-    for label, path, digits, base_key in ROWS:
+    for label, path, digits, base_key in rows:
         cells = [fmt(lookup(r.get("model"), path), digits) for _, r in results]
         base = fmt(lookup(first.get(base_key), path), digits)
         ceiling = fmt(lookup(first.get("codec_ceiling"), path), digits)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {base} | {ceiling} |")
+    cells = [f"{wins(r, rows)} of 9" for _, r in results]
+    lines.append("| sphere metrics beating the mean map | " + " | ".join(cells) + " | - | - |")
     counts = " / ".join(f"{name}: n={r.get('n')}" for name, r in results)
-    return "\n".join(lines) + f"\n\nSamples: {counts}."
+    return "\n".join(lines) + (f"\n\nSamples: {counts}." if protocol == "delit" else "")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eval", action="append", required=True, help="NAME=path/to/eval.json")
+    ap.add_argument(
+        "--protocol",
+        choices=("delit", "diffusionlight"),
+        default="delit",
+        help="delit's sphere metrics, or the eval's reference_protocol block",
+    )
     args = ap.parse_args()
     results = []
     for item in args.eval:
@@ -69,7 +104,7 @@ def main() -> None:
             results.append((name, json.loads(Path(path).read_text())))
         except (OSError, ValueError) as exc:
             sys.exit(f"error: {path}: {exc}")
-    print(table(results))
+    print(table(results, args.protocol))
 
 
 if __name__ == "__main__":

@@ -177,3 +177,54 @@ def test_flat_error_split_of_a_perfect_prediction():
     off = gt.clone()
     off[..., :2, :] = 1 - off[..., :2, :]  # wrong only in the background rows
     assert fes.split_errors(off, gt, mask, radius=2)["background share"] > 0.99
+
+
+def test_heldout_table_of_two_evals(tmp_path):
+    """The eval JSONs side by side, in delit's protocol and in the reference one, with the
+    count of sphere metrics that beat the mean map."""
+    import json
+
+    def block(value: float, matte: str = "matte") -> dict:
+        spheres = {"si_rmse": value, "angular_deg": value, "nrmse": value}
+        return {"diffuse": spheres, matte: spheres, "mirror": spheres, "light_dir_deg": value}
+
+    def result(value: float) -> dict:
+        model = block(value) | {"flat_psnr": 20.0 + value, "flat_ssim": 0.9}
+        reference = {
+            "model": block(value, "matte_silver"),
+            "baseline_mean_env": block(1.0, "matte_silver"),
+        }
+        return {
+            "n": 4,
+            "model": model,
+            "baseline_mean_env": block(1.0),
+            "baseline_input_as_flat": {"flat_psnr": 9.0, "flat_ssim": 0.5},
+            "codec_ceiling": {"flat_psnr": 35.0, "flat_ssim": 0.97},
+            "reference_protocol": reference,
+        }
+
+    paths = []
+    for name, value in (("good", 0.5), ("bad", 2.0)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(result(value)))
+        paths += ["--eval", f"{name}={path}"]
+    rows = {
+        r["metric"]: r
+        for r in _table(_run([sys.executable, "benchmarks/heldout_table.py", *paths]))
+    }
+    assert (
+        rows["flat-lit PSNR (dB)"]["good"] == "20.50"
+        and rows["flat-lit PSNR (dB)"]["free baseline"] == "9.00"
+    )
+    assert rows["sphere metrics beating the mean map"]["good"] == "9 of 9"
+    assert rows["sphere metrics beating the mean map"]["bad"] == "0 of 9"
+    text = _run(
+        [sys.executable, "benchmarks/heldout_table.py", "--protocol", "diffusionlight", *paths]
+    )
+    rows = {r["metric"]: r for r in _table(text)}
+    assert "flat-lit PSNR (dB)" not in rows
+    assert (
+        rows["matte nRMSE"]["good"] == "0.500"
+        and rows["EnvMapNet light error (deg)"]["bad"] == "2.0"
+    )
+    assert rows["sphere metrics beating the mean map"]["good"] == "9 of 9"

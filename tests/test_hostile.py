@@ -193,7 +193,14 @@ def test_output_under_a_regular_file_is_one_line(tmp_path, capsys):
 def test_named_configs_are_found(tmp_path):
     from delit_cache.train.config import load_config, resolve_config_path
 
-    for name in ("tiny", "demo", "default", "demo-heads", "demo-heads-finetune"):
+    for name in (
+        "tiny",
+        "demo",
+        "default",
+        "demo-heads",
+        "demo-heads-finetune",
+        "demo-heads-detail",
+    ):
         assert yaml.safe_load(resolve_config_path(name).read_text())
         assert load_config(name).heads_config()  # every key valid
 
