@@ -58,9 +58,7 @@ def fmt(value: float | None, digits: int) -> str:
 def wins(result: dict, rows: tuple) -> int:
     """How many of the nine sphere metrics among ``rows`` beat the mean-env baseline."""
     model, base = result.get("model"), result.get("baseline_mean_env")
-    paths = [
-        path for _, path, _, _ in rows if path[0] in ("diffuse", "matte", "matte_silver", "mirror")
-    ]
+    paths = [path for _, path, _, _ in rows if len(path) == 2]  # (sphere, metric) rows
     pairs = [(lookup(model, p), lookup(base, p)) for p in paths]
     return sum(m is not None and b is not None and m < b for m, b in pairs)
 

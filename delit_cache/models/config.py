@@ -35,7 +35,7 @@ class DelitConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
-            if f.type != "bool" and any(v < 1 for v in values):
+            if not isinstance(value, bool) and any(v < 1 for v in values):
                 raise ValueError(f"{f.name} must be >= 1, got {value}")
 
     def to_dict(self) -> dict:
