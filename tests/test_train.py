@@ -242,3 +242,50 @@ def test_init_from_starts_at_the_given_heads_and_checks_them(tmp_path, cache_pat
     wrong = load_config(config, {"init_from": str(tmp_path / "missing")})
     with pytest.raises(DelitError):
         initial_heads(wrong, cache, [0])
+
+
+def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
+    """More flat blocks, a light lobe and a background matte may be added to trained heads:
+    they start almost where they were (the matte 0.25 % open, the lobe dim); shrinking is
+    refused."""
+    from cli.app import main
+    from delit_cache.train.trainer import initial_heads
+
+    config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
+    first = tmp_path / "first"
+    args = ["train-heads", "--cache", str(cache_path), "--config", config, "--no-progress"]
+    assert main([*args, "--out", str(first), "--steps", "2", "--batch-size", "2"]) == 0
+    cfg = load_config(config)
+    grown_model = dict(cfg.model, flat_blocks=3, light_lobe=True, flat_matte=True)
+    grown_cfg = load_config(config, {"init_from": str(first), "model": grown_model})
+    cache = cm.LatentCache(cache_path)
+    grown = initial_heads(grown_cfg, cache, [0]).eval()
+    source = load_heads(first / "heads.safetensors").eval()
+    assert grown.num_parameters() > source.num_parameters()
+    relit = torch.from_numpy(cache.read("relit_latent", [0, 1]))
+    with torch.no_grad():
+        before, after = source(relit), grown(relit)
+    change = (after["flat_latent"] - before["flat_latent"]).abs()  # the matte starts at 0.25 %
+    assert (
+        change.max()
+        <= 0.0026 * (before["flat_latent"] - source.latent_mean[:, None, None]).abs().max()
+    )
+    assert (after["env_code"] - before["env_code"]).abs().mean() < 0.01
+    assert after["light_dir"].shape == (2, 3)
+    # and the grown heads train (the lobe's direction term on) and save
+    grown_yaml = write_config(
+        tmp_path / "g.yaml", val_fraction=0.0, val_every=0, model=grown_model, lobe_dir_weight=1.0
+    )
+    g_args = ["train-heads", "--cache", str(cache_path), "--config", grown_yaml, "--no-progress"]
+    run = tmp_path / "grown"
+    steps = ["--steps", "1", "--batch-size", "2", "--init-from", str(first)]
+    assert main([*g_args, "--out", str(run), *steps]) == 0
+    assert load_heads(run / "heads.safetensors").config.light_lobe
+    shrunk = load_config(config, {"init_from": str(run)})
+    with pytest.raises(DelitError, match=r"other architecture: flat_blocks 3 \(config: 1\)"):
+        initial_heads(shrunk, cache, [0])
+
+
+def test_lobe_direction_loss_needs_a_lobe():
+    with pytest.raises(DelitError, match=r"lobe_dir_weight needs model\.light_lobe"):
+        load_config("tiny", {"lobe_dir_weight": 1.0})

@@ -18,6 +18,8 @@ class DelitConfig:
     extractor_blocks: int = 6  # residual blocks in the feature extractor
     global_context: bool = False  # extractor blocks scaled/shifted by the image's pooled features
     flat_width: int = 128  # hidden width of the flat projection
+    flat_blocks: int = 1  # residual blocks in the flat projection (added ones start as identity)
+    flat_matte: bool = False  # flat latent blended to a learned background by a predicted matte
     env_channels: int = 16  # channels the env projection hands to the env decoder
     env_width: int = 128  # env decoder: width of the image-side encoder (16 -> 128)
     env_token_grid: int = 8  # env decoder: image tokens pooled to a grid of this side
@@ -27,6 +29,7 @@ class DelitConfig:
     env_heads: int = 8  # env decoder: attention heads
     env_min_channels: int = 32  # env decoder: narrowest upsampling width (at full resolution)
     env_size: tuple[int, int] = (128, 256)  # output panorama (height, width)
+    light_lobe: bool = False  # env decoder adds one explicit dominant light (models/light_lobe.py)
 
     def __post_init__(self):
         problem = field_type_problem(DelitConfig, self.to_dict())

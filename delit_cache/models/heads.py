@@ -12,7 +12,8 @@ from delit_cache.models.projections import EnvProjection, FlatProjection
 
 
 class DelitHeads(nn.Module):
-    """Relit latent [B,16,h,w] -> flat latent [B,16,h,w] and env encoding [B,4,128,256].
+    """Relit latent [B,16,h,w] -> flat latent [B,16,h,w] and env encoding [B,4,128,256]
+    (and, with ``light_lobe``, the dominant light's direction ``light_dir`` [B,3]).
 
     Needs no VAE, so stage two trains straight from the latent cache. The heads first
     standardise the latent per channel with statistics of the training cache (buffers
@@ -48,7 +49,7 @@ class DelitHeads(nn.Module):
         features = self.features(z)
         return {
             "flat_latent": self.flat_proj(features, z) * std + mean,
-            "env_code": self.env_decoder(self.env_proj(features)),
+            **self.env_decoder(self.env_proj(features)),
         }
 
     def flat_latent(self, relit_latent: torch.Tensor) -> torch.Tensor:

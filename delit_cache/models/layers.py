@@ -13,9 +13,12 @@ def norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block: (norm, SiLU, 3x3 conv) twice, plus the input."""
+    """Pre-activation residual block: (norm, SiLU, 3x3 conv) twice, plus the input.
 
-    def __init__(self, channels: int):
+    ``identity_start``: the last convolution starts at zero (a block added to trained heads
+    leaves their function unchanged)."""
+
+    def __init__(self, channels: int, identity_start: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             norm(channels),
@@ -25,6 +28,9 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
+        if identity_start:
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)

@@ -57,6 +57,7 @@ class TrainConfig:
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
     light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
+    lobe_dir_weight: float = 0.0  # weight of 1 - cos(light lobe's, true brightest direction)
     light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
@@ -118,7 +119,9 @@ class TrainConfig:
             problems.append("keep_last and ckpt_every must be >= 1")
         if problems:
             raise DelitError(f"{where}: {problems[0]}")
-        self.heads_config()
+        heads = self.heads_config()
+        if self.lobe_dir_weight > 0 and not heads.light_lobe:
+            raise DelitError(f"{where}: lobe_dir_weight needs model.light_lobe: true")
 
 
 def resolve_config_path(name: str | Path) -> Path:

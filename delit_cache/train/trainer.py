@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from delit_cache.cache.store import LatentCache
+from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads
 from delit_cache.train.batches import CacheData, Schedule, decide_in_memory
 from delit_cache.train.checkpointing import (
@@ -72,9 +73,7 @@ def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
     heads, _, info = resolve_checkpoint(cfg.init_from)
     wanted = cfg.heads_config()
     if heads.config != wanted:
-        got, want = heads.config.to_dict(), wanted.to_dict()
-        diff = ", ".join(f"{k} {got[k]} (config: {want[k]})" for k in want if got[k] != want[k])
-        raise DelitError(f"init_from {cfg.init_from}: other architecture: {diff}")
+        heads = _grown(heads, wanted, cfg.init_from)
     theirs, ours = info.get("vae_fingerprint"), cache.metadata.get("vae_fingerprint")
     if theirs and ours and theirs != ours:
         raise DelitError(
@@ -82,6 +81,34 @@ def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
             f"(fingerprint {theirs}, the cache's {ours})"
         )
     return heads
+
+
+# DelitConfig fields that init_from may raise, and what raising means
+GROWABLE = {
+    "flat_blocks": lambda old, new: new >= old,
+    "light_lobe": lambda old, new: new or not old,
+    "flat_matte": lambda old, new: new or not old,
+}
+
+
+def _grown(heads: DelitHeads, wanted: DelitConfig, source: str) -> DelitHeads:
+    """``heads`` loaded into heads of config ``wanted``, which may only add parts that start
+    as (almost) the identity (``GROWABLE``: more flat blocks, a light lobe, a background
+    matte); else ``DelitError``."""
+    got, want = heads.config.to_dict(), wanted.to_dict()
+    diff = {k for k in want if got[k] != want[k]}
+    grows = all(k in GROWABLE and GROWABLE[k](got[k], want[k]) for k in diff)
+    if not grows:
+        listed = ", ".join(f"{k} {got[k]} (config: {want[k]})" for k in sorted(diff))
+        raise DelitError(
+            f"init_from {source}: other architecture: {listed} (heads may only grow: "
+            f"{', '.join(GROWABLE)} may be raised)"
+        )
+    grown = create_heads(wanted, seed=0)
+    result = grown.load_state_dict(heads.state_dict(), strict=False)
+    if result.unexpected_keys:  # a growable field removed a part: a bug in GROWABLE
+        raise DelitError(f"init_from {source}: weights left over: {result.unexpected_keys[:3]}")
+    return grown
 
 
 class Trainer:
