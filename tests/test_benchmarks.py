@@ -228,3 +228,38 @@ def test_heldout_table_of_two_evals(tmp_path):
         and rows["EnvMapNet light error (deg)"]["bad"] == "2.0"
     )
     assert rows["sphere metrics beating the mean map"]["good"] == "9 of 9"
+
+
+def test_light_split_table(tmp_path):
+    """Per env source rows for the first moment, the heads and the mean map; a map lit by one
+    small light has its first moment on that light."""
+    from cli.app import main
+
+    data, cache = tmp_path / "val", tmp_path / "val.zarr"
+    synth = ["synth", "--out", str(data), "--n", "3", "--size", "64", "--seed", "3"]
+    assert main(synth) == 0
+    encode = ["encode", "--vae", "demo", "--data", str(data), "--out", str(cache), "--size", "64"]
+    assert main([*encode, "--device", "cpu"]) == 0
+    script = [sys.executable, "benchmarks/light_split.py", "--cache", str(cache)]
+    text = _run([*script, "--data", str(data), "--eval", "shipped=demo"])
+    _header_ok(text)
+    rows = _table(text)
+    estimates = {r["estimate"] for r in rows}
+    assert estimates == {"true map's first moment", "shipped", "mean env map (shipped)"}
+    for row in rows:
+        assert 0.0 <= float(row["mean error (deg)"]) <= 180.0
+        assert 0.0 <= float(row["share < 30 deg"]) <= 1.0
+    assert sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all") == 3
+
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("ls", ROOT / "benchmarks/light_split.py")
+    ls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ls)
+    env = torch.full((1, 3, 32, 64), 1e-3)
+    env[..., 10, 40] = 1e4
+    from delit_cache.lighting.sphere_metrics import brightest_direction
+
+    assert ls.angle_deg(ls.first_moment(env), brightest_direction(env))[0] < 3.0

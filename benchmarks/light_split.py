@@ -1,0 +1,125 @@
+"""Brightest-light direction error per lighting source: where the heads find the light.
+
+Usage (from the repository root)::
+
+    python benchmarks/light_split.py --cache WORK/val_heldout.zarr --data WORK/val_heldout \\
+        --eval "shipped=demo" --eval "run=WORK/run"
+
+For each ``--eval NAME=CHECKPOINT`` it runs the heads on the cached latents (no VAE) and
+measures, per env source of the samples (the shards' ``env_source``, e.g. one HDRI), the
+angle between the brightest-light directions (``sphere_metrics.brightest_direction``) of
+the predicted and the true env maps: mean, median and the share under 30 degrees. Beside
+them: the checkpoint's mean env map (the free baseline), and the true map's own first
+moment (its luminance-weighted mean direction), which says how far the brightest light
+lies from where the light as a whole comes from (what the diffuse shading of a face shows).
+Prints a markdown table with the date, machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from delit_cache.cache.store import LatentCache
+from delit_cache.data.shards import expand_shards, raw_samples
+from delit_cache.infer.delighter import resolve_checkpoint
+from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
+from delit_cache.lighting.sphere_metrics import brightest_direction
+from delit_cache.utils.machine import emit_report, run_header
+
+LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", required=True, help="latent cache of the evaluation samples")
+    p.add_argument("--data", required=True, help="their shards (for each sample's env_source)")
+    p.add_argument("--eval", action="append", required=True, help="NAME=CHECKPOINT, repeatable")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
+    p.add_argument("--out", type=Path, help="also write the table to this file")
+    return p.parse_args(argv)
+
+
+def env_sources(shards: str) -> dict[str, str]:
+    """Sample key -> ``env_source`` from the shards' JSON metadata."""
+    out = {}
+    for raw in raw_samples(expand_shards(shards)):
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+        out[raw["__key__"]] = str(meta.get("env_source", "unknown"))
+    return out
+
+
+def first_moment(env: torch.Tensor) -> torch.Tensor:
+    """Luminance- and solid-angle-weighted mean direction ``[B,3]`` of env maps ``[B,3,H,W]``."""
+    env = resample_env(env.float(), (32, 64))
+    h, w = env.shape[-2:]
+    lum = (env * LUMA[:, None, None]).sum(1).flatten(1) * solid_angles(h, w).flatten()
+    return F.normalize(lum @ direction_grid(h, w).flatten(1).T, dim=1, eps=1e-12)
+
+
+def angle_deg(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.rad2deg(torch.acos((a * b).sum(1).clamp(-1.0, 1.0))).numpy()
+
+
+@torch.no_grad()
+def predicted_envs(checkpoint: str, relit: torch.Tensor, batch_size: int):
+    """(predicted env maps ``[N,3,H,W]``, the checkpoint's mean env map or None)."""
+    heads, mean_env, _ = resolve_checkpoint(checkpoint)
+    heads.eval()
+    codes = [heads(relit[i : i + batch_size])["env_code"] for i in range(0, len(relit), batch_size)]
+    return decode_env(torch.cat(codes).float()), mean_env
+
+
+def rows_for(name: str, errors: np.ndarray, groups: dict[str, np.ndarray]) -> list[list[str]]:
+    rows = []
+    for group, mask in groups.items():
+        e = errors[mask]
+        rows.append(
+            [name, group, str(int(mask.sum())), f"{e.mean():.1f}", f"{np.median(e):.1f}",
+             f"{(e < 30).mean():.2f}"]  # fmt: skip
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cache = LatentCache(args.cache)
+    sources = env_sources(args.data)
+    names = np.array([sources.get(k, "unknown") for k in cache.keys])
+    groups = {s: names == s for s in sorted(set(names))} | {"all": np.ones(len(names), bool)}
+    relit = torch.from_numpy(cache.read("relit_latent"))
+    true_env = torch.from_numpy(cache.read("env"))
+    true_dir = brightest_direction(true_env)
+    rows = rows_for("true map's first moment", angle_deg(first_moment(true_env), true_dir), groups)
+    baseline_done = False
+    for spec in args.eval:
+        name, _, checkpoint = spec.partition("=")
+        pred, mean_env = predicted_envs(checkpoint, relit, args.batch_size)
+        rows += rows_for(name, angle_deg(brightest_direction(pred), true_dir), groups)
+        if mean_env is not None and not baseline_done:
+            mean_dir = brightest_direction(mean_env[None]).expand_as(true_dir)
+            rows += rows_for(f"mean env map ({name})", angle_deg(mean_dir, true_dir), groups)
+            baseline_done = True
+    header = "| estimate | env source | n | mean error (deg) | median | share < 30 deg |"
+    command = f"python benchmarks/light_split.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    lines = [
+        *run_header("Brightest-light direction error per env source", command),
+        "",
+        header,
+        "| --- | --- | --- | --- | --- | --- |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+    emit_report(lines, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
