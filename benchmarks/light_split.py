@@ -82,10 +82,8 @@ def rows_for(name: str, errors: np.ndarray, groups: dict[str, np.ndarray]) -> li
     rows = []
     for group, mask in groups.items():
         e = errors[mask]
-        rows.append(
-            [name, group, str(int(mask.sum())), f"{e.mean():.1f}", f"{np.median(e):.1f}",
-             f"{(e < 30).mean():.2f}"]  # fmt: skip
-        )
+        stats = [f"{e.mean():.1f}", f"{np.median(e):.1f}", f"{(e < 30).mean():.2f}"]
+        rows.append([name, group, str(int(mask.sum())), *stats])
     return rows
 
 
@@ -109,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += rows_for(f"mean env map ({name})", angle_deg(mean_dir, true_dir), groups)
             baseline_done = True
     header = "| estimate | env source | n | mean error (deg) | median | share < 30 deg |"
-    command = f"python benchmarks/light_split.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    command = (
+        f"python benchmarks/light_split.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
+    )
     lines = [
         *run_header("Brightest-light direction error per env source", command),
         "",

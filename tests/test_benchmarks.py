@@ -249,7 +249,10 @@ def test_light_split_table(tmp_path):
     for row in rows:
         assert 0.0 <= float(row["mean error (deg)"]) <= 180.0
         assert 0.0 <= float(row["share < 30 deg"]) <= 1.0
-    assert sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all") == 3
+    assert (
+        sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all")
+        == 3
+    )
 
     import importlib.util
 
