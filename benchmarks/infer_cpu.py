@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python benchmarks/infer_cpu.py --out benchmarks/results/cpu-infer.md
     python benchmarks/infer_cpu.py --size 64 --runs 1    # a quick check (the tests run this)
 
+The photo is a synthetic portrait (``delit synth``'s first sample of seed 0) at ``--size``.
 Each run is a fresh process, ``python -m delit_cli infer PHOTO --vae demo --checkpoint demo
 --out DIR --device cpu``, timed from spawn to exit (wall) with its CPU time (user + sys,
 from the child's resource usage). Paths, interleaved run by run so that a change in the
@@ -37,8 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 PLAIN_PRELUDE = "import diffsynth.models.wan_video_vae; "
 
 
@@ -51,14 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_photo(path: Path, size: int) -> Path:
-    """A seeded noise-and-gradient RGB PNG of ``size x size``."""
-    from PIL import Image
+    """A synthetic portrait (``delit synth``'s seed 0, sample 0) as a ``size x size`` PNG:
+    a photo's content, so reading it and writing the outputs cost what they do for one."""
+    from delit_cache.data.imageio import write_png
+    from delit_cache.synth.compose import render_sample
 
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    base = (ramp[None, :, None] + ramp[:, None, None]) / 2
-    pixels = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
+    relit, _ = render_sample(seed=0, index=0, size=size).display()
+    write_png(path, relit)
     return path
 
 

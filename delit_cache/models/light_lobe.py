@@ -44,7 +44,7 @@ class LightLobe(nn.Module):
         with torch.no_grad():
             start = math.log(START_RADIANCE) / LOG_SCALE
             self.out[-1].bias.copy_(torch.tensor([0, 1, 0, start, 0, 0, 0, 0.0]))
-        self.register_buffer("dirs", direction_grid(*env_size), persistent=False)
+        self.env_size = env_size
 
     def parameters_of(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """``direction`` ``[B,3]`` (unit), ``radiance`` ``[B,3]``, ``sharpness`` ``[B]``."""
@@ -62,6 +62,7 @@ class LightLobe(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.parameters_of(tokens)
-        cos = torch.einsum("bc,chw->bhw", p["direction"], self.dirs.float())
+        dirs = direction_grid(*self.env_size, device=tokens.device)
+        cos = torch.einsum("bc,chw->bhw", p["direction"], dirs)
         shape = torch.exp(p["sharpness"][:, None, None] * (cos - 1.0))
         return p["radiance"][:, :, None, None] * shape[:, None], p["direction"]
