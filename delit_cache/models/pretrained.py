@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -145,11 +144,9 @@ def load_heads(source: str | Path, map_location: str = "cpu") -> DelitHeads:
             f"{path}: not a delit heads checkpoint (metadata format is "
             f"{metadata.get('format')!r}, expected {FORMAT!r})"
         )
-    config = _heads_config(path, metadata, folder_config)
-    with torch.device("meta"):  # no random init of weights the file replaces
-        heads = DelitHeads(config)
+    heads = DelitHeads(_heads_config(path, metadata, folder_config))
     try:
-        heads.load_state_dict(tensors, strict=True, assign=True)
+        heads.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[1:2] or [str(exc)]
         raise DelitError(
