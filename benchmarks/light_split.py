@@ -8,10 +8,12 @@ Usage (from the repository root)::
 For each ``--eval NAME=CHECKPOINT`` it runs the heads on the cached latents (no VAE) and
 measures, per env source of the samples (the shards' ``env_source``, e.g. one HDRI), the
 angle between the brightest-light directions (``sphere_metrics.brightest_direction``) of
-the predicted and the true env maps: mean, median and the share under 30 degrees. Beside
-them: the checkpoint's mean env map (the free baseline), and the true map's own first
-moment (its luminance-weighted mean direction), which says how far the brightest light
-lies from where the light as a whole comes from (what the diffuse shading of a face shows).
+the predicted and the true env maps: mean (with its standard error: the errors of single
+portraits spread from a few degrees to 180, so small sets give noisy means), median and the
+share under 30 degrees. Beside them: the checkpoint's mean env map (the free baseline), and
+the true map's own first moment (its luminance-weighted mean direction), which says how far
+the brightest light lies from where the light as a whole comes from (what the diffuse
+shading of a face shows).
 Prints a markdown table with the date, machine and command.
 """
 
@@ -82,7 +84,8 @@ def rows_for(name: str, errors: np.ndarray, groups: dict[str, np.ndarray]) -> li
     rows = []
     for group, mask in groups.items():
         e = errors[mask]
-        stats = [f"{e.mean():.1f}", f"{np.median(e):.1f}", f"{(e < 30).mean():.2f}"]
+        se = e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else float("nan")
+        stats = [f"{e.mean():.1f}", f"{se:.1f}", f"{np.median(e):.1f}", f"{(e < 30).mean():.2f}"]
         rows.append([name, group, str(int(mask.sum())), *stats])
     return rows
 
@@ -106,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             mean_dir = brightest_direction(mean_env[None]).expand_as(true_dir)
             rows += rows_for(f"mean env map ({name})", angle_deg(mean_dir, true_dir), groups)
             baseline_done = True
-    header = "| estimate | env source | n | mean error (deg) | median | share < 30 deg |"
+    header = (
+        "| estimate | env source | n | mean error (deg) | standard error | median "
+        "| share < 30 deg |"
+    )
     command = (
         f"python benchmarks/light_split.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
     )
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         *run_header("Brightest-light direction error per env source", command),
         "",
         header,
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
     emit_report(lines, args.out)
