@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # How the packaged demo heads (delit_cache/assets/demo_heads.safetensors and
 # demo_mean_env.exr) are made: scripts/make_training_data.sh's 5000 portraits (the held-out
-# HDRIs left out), then four training stages, each starting from the one before:
+# HDRIs left out), then five training stages, each starting from the one before:
 #   1. configs/demo-heads.yaml from scratch (3000 steps);
 #   2. configs/demo-heads-finetune.yaml (500 steps, detail weight 6.0);
 #   3. configs/demo-heads-finetune.yaml again for 1000 steps;
-#   4. configs/demo-heads-detail.yaml (750 steps, detail weight 12.0).
+#   4. configs/demo-heads-detail.yaml (750 steps, detail weight 12.0);
+#   5. configs/demo-heads-light.yaml (1000 steps; the heads grown by two flat blocks and a
+#      light head).
 # What each stage did on the leave-HDRI-out set: benchmarks/results/cpu-leave-hdri-out.md.
 # Usage: scripts/train_demo_heads.sh WORKDIR (WORKDIR may already hold the data; the recipe
 # skips what exists and resumes the cache).
@@ -19,7 +21,9 @@ delit train-heads --cache "$work/train.zarr" --out "$work/stage2" \
     --config "$here/configs/demo-heads-finetune.yaml" --init-from "$work/stage1"
 delit train-heads --cache "$work/train.zarr" --out "$work/stage3" \
     --config "$here/configs/demo-heads-finetune.yaml" --init-from "$work/stage2" --steps 1000
-delit train-heads --cache "$work/train.zarr" --out "$work/final" \
+delit train-heads --cache "$work/train.zarr" --out "$work/stage4" \
     --config "$here/configs/demo-heads-detail.yaml" --init-from "$work/stage3"
+delit train-heads --cache "$work/train.zarr" --out "$work/final" \
+    --config "$here/configs/demo-heads-light.yaml" --init-from "$work/stage4"
 cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
 cp "$work/final/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"

@@ -211,26 +211,18 @@ def test_env_decoder_training_and_inference_attention_agree():
     torch.testing.assert_close(trained.detach(), reference["env_code"], atol=1e-5, rtol=1e-5)
 
 
-def test_light_lobe_peaks_where_it_points():
-    """The lobe is a spherical Gaussian: brightest at its direction, its radiance there, and
-    narrower as its sharpness grows; the direction it returns is a unit vector."""
-    from delit_cache.lighting.envmap import direction_grid
-    from delit_cache.models.light_lobe import LightLobe
+def test_light_head_reads_a_unit_direction_and_starts_overhead():
+    from delit_cache.models.light_head import LightHead
 
     torch.manual_seed(0)
-    lobe = LightLobe(dim=32, heads=4, env_size=(32, 64))
-    with torch.no_grad():
-        lobe.out[-1].weight.normal_(0, 0.5)
+    head = LightHead(dim=32, heads=4)
     tokens = torch.randn(3, 16, 32)
-    pano, direction = lobe(tokens)
-    p = lobe.parameters_of(tokens)
-    assert pano.shape == (3, 3, 32, 64) and direction.shape == (3, 3)
+    torch.testing.assert_close(head(tokens), torch.tensor([[0.0, 1.0, 0.0]]).expand(3, 3))
+    with torch.no_grad():
+        head.out[-1].weight.normal_(0, 0.5)
+    direction = head(tokens)
     torch.testing.assert_close(direction.norm(dim=1), torch.ones(3))
-    grid = direction_grid(32, 64).flatten(1)
-    peak = grid[:, pano.sum(1).flatten(1).argmax(1)].T
-    assert ((peak * direction).sum(1) > 0.99).all()  # the brightest pixel is within ~8 deg
-    assert (pano.amax(dim=(2, 3)) <= p["radiance"] * 1.0001).all()
-    assert (pano.amax(dim=(2, 3)) >= p["radiance"] * 0.5).all()  # a pixel centre is near
+    assert not torch.allclose(direction[0], direction[1])  # depends on the image
 
 
 def test_background_matte_blends_to_the_learned_background():
@@ -245,22 +237,6 @@ def test_background_matte_blends_to_the_learned_background():
         opened = matte(hidden, flat)
     assert (closed - flat).abs().max() < 0.003 * (flat - matte.background).abs().max()
     torch.testing.assert_close(opened, matte.background.expand(2, 4, 5, 5))
-
-
-def test_add_radiance_is_exact_where_nothing_is_added():
-    from delit_cache.lighting.envcode import encode_env
-    from delit_cache.models.env_decoder import add_radiance
-
-    code = torch.rand(2, 4, 8, 16) * 1.6 - 0.3  # raw codes, partly outside [0, 1]
-    torch.testing.assert_close(add_radiance(code, torch.zeros(2, 3, 8, 16)), code)
-    radiance = torch.zeros(2, 3, 8, 16)
-    radiance[:, :, 2, 3] = 50.0
-    # where the code is an encoding, the result is the encoding of the sum
-    code[:, :, 2, 3] = encode_env(torch.full((2, 3, 1, 1), 0.7))[:, :, 0, 0]
-    added = add_radiance(code, radiance)
-    expected = encode_env(decode_env(code) + radiance)
-    torch.testing.assert_close(added[:, :, 2, 3], expected[:, :, 2, 3], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(added[:, :, 4:], code[:, :, 4:])
 
 
 def test_pano_upsample_wraps_in_longitude():

@@ -95,18 +95,18 @@ def test_light_direction_loss_is_differentiable_and_orders_predictions():
     assert near.grad is not None and near.grad.abs().sum() > 0
 
 
-def test_lobe_direction_loss_is_one_minus_cos_and_trains_the_lobe():
-    cfg = _cfg(lobe_dir_weight=2.0, model={**_cfg().model, "light_lobe": True})
+def test_light_head_loss_is_one_minus_cos_and_trains_the_head():
+    cfg = _cfg(light_head_weight=2.0, model={**_cfg().model, "light_head": True})
     heads = create_heads(cfg.heads_config(), seed=0)
     env = torch.stack([_sun_env(1.0, 0.5), _sun_env(2.0, -2.5)])
     out = heads(torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(2)))
     batch = {"flat_latent": out["flat_latent"].detach(), **loss_targets(env, cfg)}
     losses = compute_losses(out, batch, cfg)
     cos = (out["light_dir"] * brightest_direction(env)).sum(1)
-    torch.testing.assert_close(losses["lobe_dir"], (1 - cos).mean())
-    losses["lobe_dir"].backward()
-    assert heads.env_decoder.lobe.out[-1].weight.grad.abs().sum() > 0
-    assert "lobe_dir" not in compute_losses(out, batch, _cfg(model=cfg.model))
+    torch.testing.assert_close(losses["light_head"], (1 - cos).mean())
+    losses["light_head"].backward()
+    assert heads.env_decoder.light_head.out[-1].weight.grad.abs().sum() > 0
+    assert "light_head" not in compute_losses(out, batch, _cfg(model=cfg.model))
 
 
 def test_detail_loss_ignores_offsets_and_sees_texture():

@@ -245,9 +245,9 @@ def test_init_from_starts_at_the_given_heads_and_checks_them(tmp_path, cache_pat
 
 
 def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
-    """More flat blocks, a light lobe and a background matte may be added to trained heads:
-    they start almost where they were (the matte 0.25 % open, the lobe dim); shrinking is
-    refused."""
+    """More flat blocks, a light head and a background matte may be added to trained heads:
+    they start almost where they were (the env map exactly, the matte 0.25 % open);
+    shrinking is refused."""
     from cli.app import main
     from delit_cache.train.trainer import initial_heads
 
@@ -256,7 +256,7 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
     args = ["train-heads", "--cache", str(cache_path), "--config", config, "--no-progress"]
     assert main([*args, "--out", str(first), "--steps", "2", "--batch-size", "2"]) == 0
     cfg = load_config(config)
-    grown_model = dict(cfg.model, flat_blocks=3, light_lobe=True, flat_matte=True)
+    grown_model = dict(cfg.model, flat_blocks=3, light_head=True, flat_matte=True)
     grown_cfg = load_config(config, {"init_from": str(first), "model": grown_model})
     cache = cm.LatentCache(cache_path)
     grown = initial_heads(grown_cfg, cache, [0]).eval()
@@ -270,22 +270,22 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
         change.max()
         <= 0.0026 * (before["flat_latent"] - source.latent_mean[:, None, None]).abs().max()
     )
-    assert (after["env_code"] - before["env_code"]).abs().mean() < 0.01
+    torch.testing.assert_close(after["env_code"], before["env_code"])
     assert after["light_dir"].shape == (2, 3)
-    # and the grown heads train (the lobe's direction term on) and save
+    # and the grown heads train (the light head's term on) and save
     grown_yaml = write_config(
-        tmp_path / "g.yaml", val_fraction=0.0, val_every=0, model=grown_model, lobe_dir_weight=1.0
+        tmp_path / "g.yaml", val_fraction=0.0, val_every=0, model=grown_model, light_head_weight=1.0
     )
     g_args = ["train-heads", "--cache", str(cache_path), "--config", grown_yaml, "--no-progress"]
     run = tmp_path / "grown"
     steps = ["--steps", "1", "--batch-size", "2", "--init-from", str(first)]
     assert main([*g_args, "--out", str(run), *steps]) == 0
-    assert load_heads(run / "heads.safetensors").config.light_lobe
+    assert load_heads(run / "heads.safetensors").config.light_head
     shrunk = load_config(config, {"init_from": str(run)})
     with pytest.raises(DelitError, match=r"other architecture: flat_blocks 3 \(config: 1\)"):
         initial_heads(shrunk, cache, [0])
 
 
-def test_lobe_direction_loss_needs_a_lobe():
-    with pytest.raises(DelitError, match=r"lobe_dir_weight needs model\.light_lobe"):
-        load_config("tiny", {"lobe_dir_weight": 1.0})
+def test_light_head_loss_needs_a_light_head():
+    with pytest.raises(DelitError, match=r"light_head_weight needs model\.light_head"):
+        load_config("tiny", {"light_head_weight": 1.0})

@@ -29,7 +29,7 @@ class DelitConfig:
     env_heads: int = 8  # env decoder: attention heads
     env_min_channels: int = 32  # env decoder: narrowest upsampling width (at full resolution)
     env_size: tuple[int, int] = (128, 256)  # output panorama (height, width)
-    light_lobe: bool = False  # env decoder adds one explicit dominant light (models/light_lobe.py)
+    light_head: bool = False  # env decoder also reads out the dominant light's direction
 
     def __post_init__(self):
         problem = field_type_problem(DelitConfig, self.to_dict())

@@ -17,10 +17,9 @@ from einops import rearrange
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from delit_cache.lighting.envcode import decode_env, encode_env
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.layers import PanoConv, ResBlock, pano_pad, pano_upsample
-from delit_cache.models.light_lobe import LightLobe
+from delit_cache.models.light_head import LightHead
 
 # The output is 0.5 + OUTPUT_GAIN * (coarse + detail): the sigmoid's value and slope at 0,
 # without its saturation.
@@ -128,10 +127,10 @@ class EnvDecoder(nn.Module):
         self.head = PanoConv(chans[-1], 4)  # residual detail on top of the coarse map
         nn.init.zeros_(self.head.conv.weight)
         nn.init.zeros_(self.head.conv.bias)
-        self.lobe = LightLobe(dim, cfg.env_heads, cfg.env_size) if cfg.light_lobe else None
+        self.light_head = LightHead(dim, cfg.env_heads) if cfg.light_head else None
 
     def forward(self, env_features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``env_code`` ``[B,4,H,W]``; with a light lobe also its direction ``light_dir``."""
+        """``env_code`` ``[B,4,H,W]``; with a light head also ``light_dir`` ``[B,3]``."""
         pooled = self.encoder(env_features)  # [B, width, grid, grid]
         tokens = rearrange(pooled, "b c h w -> b (h w) c")
         mean_token = tokens.mean(dim=1, keepdim=True)
@@ -148,15 +147,6 @@ class EnvDecoder(nn.Module):
         detail = self.head(self.up(pano))
         coarse = pano_upsample(coarse, detail.shape[-2:])
         code = 0.5 + OUTPUT_GAIN * (coarse + detail)
-        if self.lobe is None:
+        if self.light_head is None:
             return {"env_code": code}
-        lobe, direction = self.lobe(tokens)
-        return {"env_code": add_radiance(code, lobe), "light_dir": direction}
-
-
-def add_radiance(code: torch.Tensor, radiance: torch.Tensor) -> torch.Tensor:
-    """``code`` plus the change of encoding that adding ``radiance`` makes: the encoding of
-    ``decode_env(code) + radiance`` where ``code`` is an encoding, and ``code`` as it was,
-    even outside [0, 1] (which ``decode_env`` clamps), where ``radiance`` is 0."""
-    base = decode_env(code.float())
-    return code + (encode_env(base + radiance) - encode_env(base)).to(code.dtype)
+        return {"env_code": code, "light_dir": self.light_head(tokens)}

@@ -13,7 +13,7 @@ from delit_cache.models.projections import EnvProjection, FlatProjection
 
 class DelitHeads(nn.Module):
     """Relit latent [B,16,h,w] -> flat latent [B,16,h,w] and env encoding [B,4,128,256]
-    (and, with ``light_lobe``, the dominant light's direction ``light_dir`` [B,3]).
+    (and, with ``light_head``, the dominant light's direction ``light_dir`` [B,3]).
 
     Needs no VAE, so stage two trains straight from the latent cache. The heads first
     standardise the latent per channel with statistics of the training cache (buffers

@@ -57,7 +57,7 @@ class TrainConfig:
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
     light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
-    lobe_dir_weight: float = 0.0  # weight of 1 - cos(light lobe's, true brightest direction)
+    light_head_weight: float = 0.0  # weight of 1 - cos(light head's, true brightest direction)
     light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
@@ -120,8 +120,8 @@ class TrainConfig:
         if problems:
             raise DelitError(f"{where}: {problems[0]}")
         heads = self.heads_config()
-        if self.lobe_dir_weight > 0 and not heads.light_lobe:
-            raise DelitError(f"{where}: lobe_dir_weight needs model.light_lobe: true")
+        if self.light_head_weight > 0 and not heads.light_head:
+            raise DelitError(f"{where}: light_head_weight needs model.light_head: true")
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -132,7 +132,7 @@ def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Ten
     targets = {"env_code": encode_env(env_hdr)}
     if uses_spheres(cfg):
         targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
-    if cfg.light_dir_weight > 0 or cfg.lobe_dir_weight > 0:
+    if cfg.light_dir_weight > 0 or cfg.light_head_weight > 0:
         targets["light_dir"] = brightest_direction(env_hdr)
     return targets
 
@@ -178,10 +178,10 @@ def compute_losses(
         pred_dir = soft_light_direction(decode_env(code_pred), cfg.light_sharpness)
         losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
         total = total + cfg.light_dir_weight * losses["light_dir"]
-    if cfg.lobe_dir_weight > 0 and "light_dir" in out:
+    if cfg.light_head_weight > 0 and "light_dir" in out:
         cos = (out["light_dir"].float() * batch["light_dir"]).sum(1)
-        losses["lobe_dir"] = (1 - cos).mean()
-        total = total + cfg.lobe_dir_weight * losses["lobe_dir"]
+        losses["light_head"] = (1 - cos).mean()
+        total = total + cfg.light_head_weight * losses["light_head"]
     losses["total"] = total
     return losses
 

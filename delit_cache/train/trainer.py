@@ -86,14 +86,14 @@ def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
 # DelitConfig fields that init_from may raise, and what raising means
 GROWABLE = {
     "flat_blocks": lambda old, new: new >= old,
-    "light_lobe": lambda old, new: new or not old,
+    "light_head": lambda old, new: new or not old,
     "flat_matte": lambda old, new: new or not old,
 }
 
 
 def _grown(heads: DelitHeads, wanted: DelitConfig, source: str) -> DelitHeads:
     """``heads`` loaded into heads of config ``wanted``, which may only add parts that start
-    as (almost) the identity (``GROWABLE``: more flat blocks, a light lobe, a background
+    as (almost) the identity (``GROWABLE``: more flat blocks, a light head, a background
     matte); else ``DelitError``."""
     got, want = heads.config.to_dict(), wanted.to_dict()
     diff = {k for k in want if got[k] != want[k]}
