@@ -6,8 +6,7 @@
 #   2. configs/demo-heads-finetune.yaml (500 steps, detail weight 6.0);
 #   3. configs/demo-heads-finetune.yaml again for 1000 steps;
 #   4. configs/demo-heads-detail.yaml (750 steps, detail weight 12.0);
-#   5. configs/demo-heads-light.yaml (1000 steps; the heads grown by two flat blocks and a
-#      light head).
+#   5. configs/demo-heads-flat-blocks.yaml (1000 steps; the heads grown by two flat blocks).
 # What each stage did on the leave-HDRI-out set: benchmarks/results/cpu-leave-hdri-out.md.
 # Usage: scripts/train_demo_heads.sh WORKDIR (WORKDIR may already hold the data; the recipe
 # skips what exists and resumes the cache).
@@ -24,6 +23,6 @@ delit train-heads --cache "$work/train.zarr" --out "$work/stage3" \
 delit train-heads --cache "$work/train.zarr" --out "$work/stage4" \
     --config "$here/configs/demo-heads-detail.yaml" --init-from "$work/stage3"
 delit train-heads --cache "$work/train.zarr" --out "$work/final" \
-    --config "$here/configs/demo-heads-light.yaml" --init-from "$work/stage4"
+    --config "$here/configs/demo-heads-flat-blocks.yaml" --init-from "$work/stage4"
 cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
 cp "$work/final/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"

@@ -200,7 +200,7 @@ def test_named_configs_are_found(tmp_path):
         "demo-heads",
         "demo-heads-finetune",
         "demo-heads-detail",
-        "demo-heads-light",
+        "demo-heads-flat-blocks",
     ):
         assert yaml.safe_load(resolve_config_path(name).read_text())
         assert load_config(name).heads_config()  # every key valid
