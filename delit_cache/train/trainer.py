@@ -73,7 +73,7 @@ def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
     heads, _, info = resolve_checkpoint(cfg.init_from)
     wanted = cfg.heads_config()
     if heads.config != wanted:
-        heads = _grown(heads, wanted, cfg.init_from)
+        heads = _grown(heads, wanted, cfg.init_from, cfg.seed)
     theirs, ours = info.get("vae_fingerprint"), cache.metadata.get("vae_fingerprint")
     if theirs and ours and theirs != ours:
         raise DelitError(
@@ -91,10 +91,10 @@ GROWABLE = {
 }
 
 
-def _grown(heads: DelitHeads, wanted: DelitConfig, source: str) -> DelitHeads:
+def _grown(heads: DelitHeads, wanted: DelitConfig, source: str, seed: int) -> DelitHeads:
     """``heads`` loaded into heads of config ``wanted``, which may only add parts that start
     as (almost) the identity (``GROWABLE``: more flat blocks, a light head, a background
-    matte); else ``DelitError``."""
+    matte; their initial weights drawn with ``seed``); else ``DelitError``."""
     got, want = heads.config.to_dict(), wanted.to_dict()
     diff = {k for k in want if got[k] != want[k]}
     grows = all(k in GROWABLE and GROWABLE[k](got[k], want[k]) for k in diff)
@@ -104,7 +104,7 @@ def _grown(heads: DelitHeads, wanted: DelitConfig, source: str) -> DelitHeads:
             f"init_from {source}: other architecture: {listed} (heads may only grow: "
             f"{', '.join(GROWABLE)} may be raised)"
         )
-    grown = create_heads(wanted, seed=0)
+    grown = create_heads(wanted, seed=seed)
     result = grown.load_state_dict(heads.state_dict(), strict=False)
     if result.unexpected_keys:  # a growable field removed a part: a bug in GROWABLE
         raise DelitError(f"init_from {source}: weights left over: {result.unexpected_keys[:3]}")
