@@ -27,17 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import expand_shards, raw_samples
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
-from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
-from delit_cache.lighting.sphere_metrics import brightest_direction
+from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
+from delit_cache.train.losses import soft_light_direction
+from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
-
-LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,15 +58,14 @@ def env_sources(shards: str) -> dict[str, str]:
 
 
 def first_moment(env: torch.Tensor) -> torch.Tensor:
-    """Luminance- and solid-angle-weighted mean direction ``[B,3]`` of env maps ``[B,3,H,W]``."""
-    env = resample_env(env.float(), (32, 64))
-    h, w = env.shape[-2:]
-    lum = (env * LUMA[:, None, None]).sum(1).flatten(1) * solid_angles(h, w).flatten()
-    return F.normalize(lum @ direction_grid(h, w).flatten(1).T, dim=1, eps=1e-12)
+    """Luminance- and solid-angle-weighted mean direction ``[B,3]`` of env maps ``[B,3,H,W]``:
+    the soft light direction of the training loss at sharpness 1 (a softmax of log
+    luminance is the luminance, normalised)."""
+    return soft_light_direction(env, sharpness=1.0)
 
 
 def angle_deg(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    return torch.rad2deg(torch.acos((a * b).sum(1).clamp(-1.0, 1.0))).numpy()
+    return angle_between_deg(a, b).numpy()
 
 
 @torch.no_grad()
@@ -92,6 +89,17 @@ def rows_for(name: str, errors: np.ndarray, groups: dict[str, np.ndarray]) -> li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return report(args, argv)
+    except DelitError as exc:  # a bad cache, shard or checkpoint: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def report(args: argparse.Namespace, argv: list[str] | None) -> int:
+    bad = [spec for spec in args.eval if not all(spec.partition("=")[::2])]
+    if bad:
+        raise DelitError(f"--eval {bad[0]!r}: expected NAME=CHECKPOINT")
     cache = LatentCache(args.cache)
     sources = env_sources(args.data)
     names = np.array([sources.get(k, "unknown") for k in cache.keys])

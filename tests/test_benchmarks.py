@@ -254,6 +254,12 @@ def test_light_split_table(tmp_path):
         sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all")
         == 3
     )
+    for bad in ("shipped", "shipped=" + str(tmp_path / "missing")):  # one line, exit 2
+        done = subprocess.run(
+            [*script, "--data", str(data), "--eval", bad], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and done.stderr.strip().startswith("error: ")
+        assert "Traceback" not in done.stderr
 
     import importlib.util
 

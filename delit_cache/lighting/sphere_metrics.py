@@ -116,11 +116,14 @@ def brightest_direction(env: torch.Tensor) -> torch.Tensor:
     return centroid / centroid.norm(dim=1, keepdim=True)
 
 
+def angle_between_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between unit directions ``[B,3]`` -> ``[B]``."""
+    return torch.rad2deg(torch.acos((a * b).sum(1).clamp(-1.0, 1.0)))
+
+
 def light_direction_error_deg(pred_env: torch.Tensor, gt_env: torch.Tensor) -> torch.Tensor:
     """Angle in degrees between the brightest-light directions of two env maps -> ``[B]``."""
-    a, b = brightest_direction(pred_env), brightest_direction(gt_env)
-    cos = (a * b).sum(1).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cos))
+    return angle_between_deg(brightest_direction(pred_env), brightest_direction(gt_env))
 
 
 def protocol_tonemap(env: torch.Tensor) -> torch.Tensor:

@@ -36,8 +36,9 @@ class FlatProjection(nn.Module):
         self.matte = BackgroundMatte(width, cfg.latent_channels) if cfg.flat_matte else None
 
     def forward(self, features: torch.Tensor, relit_latent: torch.Tensor) -> torch.Tensor:
-        hidden = self.body[:2](torch.cat([features, relit_latent], dim=1))
-        hidden = self.body[2:](self.extra(hidden))
+        conv, block, out_norm, act = self.body
+        hidden = block(conv(torch.cat([features, relit_latent], dim=1)))
+        hidden = act(out_norm(self.extra(hidden)))
         flat = relit_latent + self.delta(hidden)
         return flat if self.matte is None else self.matte(hidden, flat)
 

@@ -178,7 +178,7 @@ def compute_losses(
         pred_dir = soft_light_direction(decode_env(code_pred), cfg.light_sharpness)
         losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
         total = total + cfg.light_dir_weight * losses["light_dir"]
-    if cfg.light_head_weight > 0 and "light_dir" in out:
+    if cfg.light_head_weight > 0:  # TrainConfig.validate: the heads have a light head
         cos = (out["light_dir"].float() * batch["light_dir"]).sum(1)
         losses["light_head"] = (1 - cos).mean()
         total = total + cfg.light_head_weight * losses["light_head"]
