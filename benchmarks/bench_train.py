@@ -7,10 +7,12 @@ GPU memory. Two paths, timed in the same run:
 
 * ``plain``: the loss targets (env encoding, target spheres) computed from the env maps at
   every step, the env decoder's upsampling done the direct way (nearest x2, then the 3x3
-  convolution) and its attention on PyTorch's default kernel;
+  convolution), its panorama padding by ``F.pad`` and its coarse map upsampled by
+  ``F.interpolate``, and its attention on PyTorch's default kernel;
 * ``fast``: what ``delit train-heads`` does: targets computed once (at load), the
-  phase-split upsampling (``env_decoder.UpBlock``) and, when training on the CPU, the math
-  attention kernel.
+  folded upsampling (``env_decoder.UpBlock``: one transposed convolution), padding by
+  concatenation, the coarse map upsampled by two matrix products
+  (``layers.pano_upsample``) and, when training on the CPU, the math attention kernel.
 
 ``--out FILE`` also writes the table as markdown with the date, machine, load and command.
 
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from delit_cache.models import env_decoder
+from delit_cache.models import env_decoder, layers
 from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import compute_losses, loss_targets
@@ -56,6 +58,7 @@ def bench_one(
     with contextlib.ExitStack() as stack:
         if path == "plain":
             stack.enter_context(_direct_upsampling())
+            stack.enter_context(_direct_panorama_ops())
             stack.enter_context(_default_attention())
         return _bench(config, device, batch, latent, precision, steps, warmup, path)
 
@@ -73,6 +76,27 @@ def _direct_upsampling():
         yield
     finally:
         env_decoder.UpBlock.forward = fast
+
+
+@contextlib.contextmanager
+def _direct_panorama_ops():
+    """Swap the panorama padding and the coarse map's upsampling for their ``F.pad`` and
+    ``F.interpolate`` forms (same values) while timing the plain path."""
+    fast_pad, fast_upsample = layers.pano_pad, env_decoder.pano_upsample
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(F.pad(x, (1, 1, 0, 0), mode="circular"), (0, 0, 1, 1), mode="replicate")
+
+    def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        sy, sx = size[0] // x.shape[-2], size[1] // x.shape[-1]
+        up = F.interpolate(pad(x), scale_factor=(sy, sx), mode="bilinear", align_corners=False)
+        return up[..., sy : sy + size[0], sx : sx + size[1]]
+
+    layers.pano_pad, env_decoder.pano_upsample = pad, upsample
+    try:
+        yield
+    finally:
+        layers.pano_pad, env_decoder.pano_upsample = fast_pad, fast_upsample
 
 
 @contextlib.contextmanager

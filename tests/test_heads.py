@@ -173,7 +173,7 @@ def test_transform_rejects_bad_sizes():
 
 
 def test_up_block_equals_upsampling_then_convolution():
-    """The phase-split UpBlock is the same function (and gradient) as nearest x2 upsampling
+    """The folded (transposed-convolution) UpBlock is the same function (and gradient) as nearest x2 upsampling
     followed by the wrap-around 3x3 convolution, with the same weights."""
     import torch.nn.functional as F
 
@@ -257,3 +257,27 @@ def test_pano_upsample_wraps_in_longitude():
     torch.testing.assert_close(rolled, torch.roll(out, 16, dims=-1))
     with pytest.raises(ValueError, match="integer factor"):
         pano_upsample(x, (100, 256))
+
+
+def test_pano_upsample_is_bilinear_on_the_wrapped_map():
+    """``pano_pad`` is one wrapped column each side and one replicated row top and bottom;
+    the matrix form of ``pano_upsample`` is ``F.interpolate`` (bilinear, half-pixel centres)
+    of that padded map: the same values and the same gradient, in float32 and float64."""
+    import torch.nn.functional as F
+
+    from delit_cache.models.layers import pano_pad, pano_upsample
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        x = torch.randn(2, 3, 4, 8, dtype=dtype, requires_grad=True)
+        got = pano_upsample(x, (16, 32))
+        padded = F.pad(F.pad(x, (1, 1, 0, 0), mode="circular"), (0, 0, 1, 1), mode="replicate")
+        assert torch.equal(pano_pad(x), padded)
+        ref = F.interpolate(padded, scale_factor=4, mode="bilinear", align_corners=False)
+        ref = ref[..., 4:20, 4:36]
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+        g = torch.randn_like(got)
+        (a,) = torch.autograd.grad(got, x, g)
+        (b,) = torch.autograd.grad(ref, x, g)
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)

@@ -48,40 +48,30 @@ class QueryLayer(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries))
 
 
-# Nearest x2 upsampling then a 3x3 kernel equals, for each of the four output phases (row
-# parity a, column parity b), a 2x2 kernel on the padded low-resolution map: rows i, i+1 with
-# weights (w0, w1 + w2) for a = 0 and rows i+1, i+2 with (w0 + w1, w2) for a = 1; same for
-# columns. _PHASE_ROWS[a] maps the three kernel rows to those two.
-_PHASE_ROWS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# Nearest x2 upsampling then a 3x3 kernel (taps w0, w1, w2 along one axis) equals a stride-2
+# transposed convolution of the low-resolution map with a 4-tap kernel (w2, w1 + w2, w0 + w1,
+# w0) along that axis: output row 2i + a gathers input rows i - 1 + a and i + a. _FOLD maps
+# the three taps to the four.
+_FOLD = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
 class UpBlock(nn.Module):
     """x2 nearest upsampling, then a wrap-around 3x3 convolution and SiLU (no norm).
 
-    Computed without building the upsampled map: four 2x2 convolutions (one per output
-    phase) on the padded input, interleaved; the same function as upsampling first, with
-    the same 3x3 weights, at 4/9 of the arithmetic."""
+    Computed without building the upsampled map: one stride-2 transposed convolution with a
+    4x4 kernel folded from the 3x3 weights, on the wrap-padded input; the same function as
+    upsampling first, with the same weights, at 4/9 of the arithmetic."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = PanoConv(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        padded = pano_pad(x)
-        weight, bias = self.conv.conv.weight, self.conv.conv.bias
-        rows = _PHASE_ROWS.to(weight)
-        phases = [
-            F.conv2d(
-                padded[..., a : a + h + 1, b : b + w + 1],
-                torch.einsum("ik,ockl,jl->ocij", rows[a], weight, rows[b]),
-                bias,
-            )
-            for a in (0, 1)
-            for b in (0, 1)
-        ]
-        out = torch.stack(phases, dim=2).flatten(1, 2)  # channel-major, then phase (a, b)
-        return F.silu(F.pixel_shuffle(out, 2))
+        weight, bias = self.conv.conv.weight, self.conv.conv.bias  # [out, in, 3, 3]
+        fold = _FOLD.to(weight)
+        folded = torch.einsum("ka,oiab,lb->iokl", fold, weight, fold)  # [in, out, 4, 4]
+        # padding=3 crops the padded input's border back off: output size exactly 2h x 2w
+        return F.silu(F.conv_transpose2d(pano_pad(x), folded, bias, stride=2, padding=3))
 
 
 def attention_backend(x: torch.Tensor) -> contextlib.AbstractContextManager:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -56,20 +57,41 @@ class GlobalContext(nn.Module):
 
 def pano_pad(x: torch.Tensor) -> torch.Tensor:
     """One pixel of padding for an equirectangular map: wrapped in longitude, replicated at
-    the poles."""
-    x = F.pad(x, (1, 1, 0, 0), mode="circular")
-    return F.pad(x, (0, 0, 1, 1), mode="replicate")
+    the poles. (Concatenation: the same values as ``F.pad``'s circular and replicate modes,
+    with a faster backward on the CPU.)"""
+    x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+    return torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
 
 
 def pano_upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of an equirectangular map by an integer factor that wraps in
-    longitude (the first and last columns are neighbours) and clamps at the poles."""
+    longitude (the first and last columns are neighbours) and clamps at the poles.
+
+    Computed as two small matrix products (rows, then columns), which train several times
+    faster on the CPU than ``F.interpolate``'s backward."""
     (h, w), (out_h, out_w) = x.shape[-2:], size
     sy, sx = out_h // h, out_w // w
     if sy * h != out_h or sx * w != out_w:
         raise ValueError(f"pano_upsample needs an integer factor, got {(h, w)} -> {size}")
-    up = F.interpolate(pano_pad(x), scale_factor=(sy, sx), mode="bilinear", align_corners=False)
-    return up[..., sy : sy + out_h, sx : sx + out_w]
+    rows = _interp_matrix(h, sy, False, str(x.device), x.dtype)
+    cols = _interp_matrix(w, sx, True, str(x.device), x.dtype)
+    return torch.einsum("oh,bchw,pw->bcop", rows, x, cols)
+
+
+@functools.lru_cache(maxsize=16)
+def _interp_matrix(n: int, factor: int, wrap: bool, device: str, dtype) -> torch.Tensor:
+    """``[n * factor, n]`` weights of bilinear upsampling (half-pixel centres) along one axis,
+    wrapping around (longitude) or clamped at the ends (latitude)."""
+    src = (torch.arange(n * factor, dtype=torch.float64) + 0.5) / factor - 0.5
+    lo = torch.floor(src)
+    frac, lo = src - lo, lo.long()
+    hi = lo + 1
+    lo, hi = (lo % n, hi % n) if wrap else (lo.clamp(0, n - 1), hi.clamp(0, n - 1))
+    out = torch.arange(n * factor)
+    m = torch.zeros(n * factor, n, dtype=torch.float64)
+    m.index_put_((out, lo), 1 - frac, accumulate=True)
+    m.index_put_((out, hi), frac, accumulate=True)
+    return m.to(device=device, dtype=dtype)
 
 
 class PanoConv(nn.Module):
