@@ -10,7 +10,8 @@ measures, per env source of the samples (the shards' ``env_source``, e.g. one HD
 angle between the brightest-light directions (``sphere_metrics.brightest_direction``) of
 the predicted and the true env maps: mean (with its standard error: the errors of single
 portraits spread from a few degrees to 180, so small sets give noisy means), median and the
-share under 30 degrees. Beside them: the checkpoint's mean env map (the free baseline), and
+share under 30 degrees, and the share of estimates that put the light within 15 degrees of
+the zenith (no true map of the held-out HDRIs has its brightest light there). Beside them: the checkpoint's mean env map (the free baseline), and
 the true map's own first moment (its luminance-weighted mean direction), which says how far
 the brightest light lies from where the light as a whole comes from (what the diffuse
 shading of a face shows).
@@ -64,6 +65,9 @@ def first_moment(env: torch.Tensor) -> torch.Tensor:
     return soft_light_direction(env, sharpness=1.0)
 
 
+ZENITH_CONE_DEG = 15.0  # "near the zenith": elevation above 90 - this
+
+
 def angle_deg(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return angle_between_deg(a, b).numpy()
 
@@ -77,13 +81,18 @@ def predicted_envs(checkpoint: str, relit: torch.Tensor, batch_size: int):
     return decode_env(torch.cat(codes).float()), mean_env
 
 
-def rows_for(name: str, errors: np.ndarray, groups: dict[str, np.ndarray]) -> list[list[str]]:
+def rows_for(
+    name: str, estimate: torch.Tensor, truth: torch.Tensor, groups: dict[str, np.ndarray]
+) -> list[list[str]]:
+    """Table rows of one estimate's directions ``[N,3]`` against the true ones, per group."""
+    errors = angle_deg(estimate, truth)
+    zenith = (estimate[:, 1] > np.cos(np.radians(ZENITH_CONE_DEG))).numpy()
     rows = []
     for group, mask in groups.items():
         e = errors[mask]
         se = e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else float("nan")
         stats = [f"{e.mean():.1f}", f"{se:.1f}", f"{np.median(e):.1f}", f"{(e < 30).mean():.2f}"]
-        rows.append([name, group, str(int(mask.sum())), *stats])
+        rows.append([name, group, str(int(mask.sum())), *stats, f"{zenith[mask].mean():.2f}"])
     return rows
 
 
@@ -107,19 +116,20 @@ def report(args: argparse.Namespace, argv: list[str] | None) -> int:
     relit = torch.from_numpy(cache.read("relit_latent"))
     true_env = torch.from_numpy(cache.read("env"))
     true_dir = brightest_direction(true_env)
-    rows = rows_for("true map's first moment", angle_deg(first_moment(true_env), true_dir), groups)
+    rows = rows_for("true map's brightest light", true_dir, true_dir, groups)
+    rows += rows_for("true map's first moment", first_moment(true_env), true_dir, groups)
     baseline_done = False
     for spec in args.eval:
         name, _, checkpoint = spec.partition("=")
         pred, mean_env = predicted_envs(checkpoint, relit, args.batch_size)
-        rows += rows_for(name, angle_deg(brightest_direction(pred), true_dir), groups)
+        rows += rows_for(name, brightest_direction(pred), true_dir, groups)
         if mean_env is not None and not baseline_done:
             mean_dir = brightest_direction(mean_env[None]).expand_as(true_dir)
-            rows += rows_for(f"mean env map ({name})", angle_deg(mean_dir, true_dir), groups)
+            rows += rows_for(f"mean env map ({name})", mean_dir, true_dir, groups)
             baseline_done = True
     header = (
         "| estimate | env source | n | mean error (deg) | standard error | median "
-        "| share < 30 deg |"
+        "| share < 30 deg | share near the zenith |"
     )
     command = (
         f"python benchmarks/light_split.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
@@ -128,7 +138,7 @@ def report(args: argparse.Namespace, argv: list[str] | None) -> int:
         *run_header("Brightest-light direction error per env source", command),
         "",
         header,
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "|" + " --- |" * 8,
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
     emit_report(lines, args.out)

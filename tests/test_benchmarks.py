@@ -232,8 +232,9 @@ def test_heldout_table_of_two_evals(tmp_path):
 
 
 def test_light_split_table(tmp_path):
-    """Per env source rows for the first moment, the heads and the mean map; a map lit by one
-    small light has its first moment on that light."""
+    """Per env source rows for the true light itself (error 0), the first moment, the heads
+    and the mean map; a map lit by one small light has its first moment on that light, and
+    a light overhead counts as near the zenith."""
     from cli.app import main
 
     data, cache = tmp_path / "val", tmp_path / "val.zarr"
@@ -246,10 +247,18 @@ def test_light_split_table(tmp_path):
     _header_ok(text)
     rows = _table(text)
     estimates = {r["estimate"] for r in rows}
-    assert estimates == {"true map's first moment", "shipped", "mean env map (shipped)"}
+    assert estimates == {
+        "true map's brightest light",
+        "true map's first moment",
+        "shipped",
+        "mean env map (shipped)",
+    }
     for row in rows:
         assert 0.0 <= float(row["mean error (deg)"]) <= 180.0
         assert 0.0 <= float(row["share < 30 deg"]) <= 1.0
+        assert 0.0 <= float(row["share near the zenith"]) <= 1.0
+        if row["estimate"] == "true map's brightest light":
+            assert float(row["mean error (deg)"]) < 0.01 and row["share < 30 deg"] == "1.00"
     assert (
         sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all")
         == 3
@@ -263,6 +272,7 @@ def test_light_split_table(tmp_path):
 
     import importlib.util
 
+    import numpy as np
     import torch
 
     spec = importlib.util.spec_from_file_location("ls", ROOT / "benchmarks/light_split.py")
@@ -273,3 +283,7 @@ def test_light_split_table(tmp_path):
     from delit_cache.lighting.sphere_metrics import brightest_direction
 
     assert ls.angle_deg(ls.first_moment(env), brightest_direction(env))[0] < 3.0
+    up, level = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    groups = {"all": np.ones(2, bool)}
+    (row,) = ls.rows_for("x", torch.cat([up, level]), torch.cat([level, level]), groups)
+    assert row[-1] == "0.50" and row[3] == "45.0"  # one of two near the zenith; (90 + 0) / 2
