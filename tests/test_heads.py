@@ -273,6 +273,10 @@ def test_pano_upsample_is_bilinear_on_the_wrapped_map():
         got = pano_upsample(x, (16, 32))
         padded = F.pad(F.pad(x, (1, 1, 0, 0), mode="circular"), (0, 0, 1, 1), mode="replicate")
         assert torch.equal(pano_pad(x), padded)
+        g = torch.randn_like(padded)
+        (a,) = torch.autograd.grad(pano_pad(x), x, g)
+        (b,) = torch.autograd.grad(padded, x, g, retain_graph=True)
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
         ref = F.interpolate(padded, scale_factor=4, mode="bilinear", align_corners=False)
         ref = ref[..., 4:20, 4:36]
         assert got.dtype == dtype

@@ -57,10 +57,29 @@ class GlobalContext(nn.Module):
 
 def pano_pad(x: torch.Tensor) -> torch.Tensor:
     """One pixel of padding for an equirectangular map: wrapped in longitude, replicated at
-    the poles. (Concatenation: the same values as ``F.pad``'s circular and replicate modes,
-    with a faster backward on the CPU.)"""
-    x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
-    return torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+    the poles (the values of ``F.pad``'s circular, then replicate modes)."""
+    return _PanoPad.apply(x)
+
+
+class _PanoPad(torch.autograd.Function):
+    """``pano_pad`` with a backward that folds the border's gradient into one copy of the
+    interior: several times faster on the CPU than the backward of ``F.pad`` or of
+    concatenated slices, which allocate and add whole maps per border."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+        return torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rows = grad[..., 1:-1, :].clone()  # the replicated rows go back to the first and last
+        rows[..., 0, :] += grad[..., 0, :]
+        rows[..., -1, :] += grad[..., -1, :]
+        out = rows[..., 1:-1].clone()  # the wrapped columns go back to the last and first
+        out[..., -1] += rows[..., 0]
+        out[..., 0] += rows[..., -1]
+        return out
 
 
 def pano_upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
