@@ -285,3 +285,8 @@ def test_pano_upsample_is_bilinear_on_the_wrapped_map():
         (a,) = torch.autograd.grad(got, x, g)
         (b,) = torch.autograd.grad(ref, x, g)
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    with torch.inference_mode():  # its cached matrices, first made here, can train later
+        pano_upsample(torch.randn(1, 1, 3, 5), (6, 10))
+    x = torch.randn(1, 1, 3, 5, requires_grad=True)
+    pano_upsample(x, (6, 10)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -100,17 +100,19 @@ def pano_upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _interp_matrix(n: int, factor: int, wrap: bool, device: str, dtype) -> torch.Tensor:
     """``[n * factor, n]`` weights of bilinear upsampling (half-pixel centres) along one axis,
-    wrapping around (longitude) or clamped at the ends (latitude)."""
-    src = (torch.arange(n * factor, dtype=torch.float64) + 0.5) / factor - 0.5
-    lo = torch.floor(src)
-    frac, lo = src - lo, lo.long()
-    hi = lo + 1
-    lo, hi = (lo % n, hi % n) if wrap else (lo.clamp(0, n - 1), hi.clamp(0, n - 1))
-    out = torch.arange(n * factor)
-    m = torch.zeros(n * factor, n, dtype=torch.float64)
-    m.index_put_((out, lo), 1 - frac, accumulate=True)
-    m.index_put_((out, hi), frac, accumulate=True)
-    return m.to(device=device, dtype=dtype)
+    wrapping around (longitude) or clamped at the ends (latitude). Made outside inference
+    mode, so that a cached matrix can later take part in training."""
+    with torch.inference_mode(False), torch.no_grad():
+        src = (torch.arange(n * factor, dtype=torch.float64) + 0.5) / factor - 0.5
+        lo = torch.floor(src)
+        frac, lo = src - lo, lo.long()
+        hi = lo + 1
+        lo, hi = (lo % n, hi % n) if wrap else (lo.clamp(0, n - 1), hi.clamp(0, n - 1))
+        out = torch.arange(n * factor)
+        m = torch.zeros(n * factor, n, dtype=torch.float64)
+        m.index_put_((out, lo), 1 - frac, accumulate=True)
+        m.index_put_((out, hi), frac, accumulate=True)
+        return m.to(device=device, dtype=dtype)
 
 
 class PanoConv(nn.Module):
