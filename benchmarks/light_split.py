@@ -11,7 +11,7 @@ angle between the brightest-light directions (``sphere_metrics.brightest_directi
 the predicted and the true env maps: mean (with its standard error: the errors of single
 portraits spread from a few degrees to 180, so small sets give noisy means), median and the
 share under 30 degrees, and the share of estimates that put the light within 15 degrees of
-the zenith (no true map of the held-out HDRIs has its brightest light there). Beside them: the checkpoint's mean env map (the free baseline), and
+the zenith. Beside them: the checkpoint's mean env map (the free baseline), and
 the true map's own first moment (its luminance-weighted mean direction), which says how far
 the brightest light lies from where the light as a whole comes from (what the diffuse
 shading of a face shows).

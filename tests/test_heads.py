@@ -173,8 +173,8 @@ def test_transform_rejects_bad_sizes():
 
 
 def test_up_block_equals_upsampling_then_convolution():
-    """The folded (transposed-convolution) UpBlock is the same function (and gradient) as nearest x2 upsampling
-    followed by the wrap-around 3x3 convolution, with the same weights."""
+    """The folded (transposed-convolution) UpBlock is the same function (and gradient) as
+    nearest x2 upsampling followed by the wrap-around 3x3 convolution, with the same weights."""
     import torch.nn.functional as F
 
     from delit_cache.models.env_decoder import UpBlock
