@@ -47,6 +47,11 @@ def synth_cmd(
     p_hdri: float = typer.Option(
         0.5, "--p-hdri", help="probability of HDRI lighting per sample (1: HDRIs only)"
     ),
+    p_other_background: float = typer.Option(
+        0.0,
+        "--p-other-background",
+        help="probability that the background shows another env map than the light's",
+    ),
 ) -> None:
     """Render synthetic portraits under HDRI and procedural lighting into shards."""
     from delit_cache.synth.writer import synth
@@ -65,6 +70,7 @@ def synth_cmd(
         hdris=names(hdris) if hdris is not None else None,
         exclude_hdris=names(exclude_hdris),
         p_hdri=p_hdri,
+        p_other_background=p_other_background,
     )
     typer.echo(f"wrote {n} samples in {len(shards)} shards to {out}")
 

@@ -195,3 +195,21 @@ def test_synth_lighting_options_are_validated(tmp_path):
         synth(tmp_path / "b", n=1, size=32, exclude_hdris=["nope"], progress=False)
     with pytest.raises(DelitError, match="needs HDRIs"):
         synth(tmp_path / "c", n=1, size=32, hdri_dir=None, hdris=[], p_hdri=1.0, progress=False)
+
+
+def test_other_background_keeps_the_scene_and_changes_only_the_background(tmp_path):
+    from delit_cache.synth.environments import LightingOptions
+
+    same = LightingOptions(p_hdri=0.0)
+    other = LightingOptions(p_hdri=0.0, p_other_background=1.0)
+    a = render_scene(sample_scene(3, 1, [], same), 64)
+    b = render_scene(sample_scene(3, 1, [], other), 64)
+    assert torch.equal(a.env, b.env) and torch.equal(a.flat, b.flat)
+    assert "background_source" not in a.meta and b.meta["background_source"].startswith("proc")
+    inside = (a.mask > 0.999).expand_as(a.relit)
+    outside = (a.mask < 0.001).expand_as(a.relit)
+    assert (a.relit - b.relit)[inside].abs().max() < 0.02  # the subject: lit by the same env
+    diff = (a.relit - b.relit)[outside].abs().mean() / a.relit[outside].abs().mean()
+    assert diff > 0.1  # the background: another env
+    with pytest.raises(DelitError, match="p-other-background"):
+        synth(tmp_path / "o", n=1, size=32, p_other_background=float("nan"), progress=False)

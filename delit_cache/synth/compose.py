@@ -172,19 +172,28 @@ class Scene:
     env: torch.Tensor
     env_meta: dict
     jitter: float
+    background_env: torch.Tensor | None = None  # seen behind the subject instead of ``env``
 
 
 def sample_scene(
     seed: int, index: int, hdris: list[Path], lighting: LightingOptions = LightingOptions()
 ) -> Scene:
-    """Draw the scene of sample ``index`` for ``seed`` (independent of any other sample)."""
+    """Draw the scene of sample ``index`` for ``seed`` (independent of any other sample).
+
+    The other background (``lighting.p_other_background``) is drawn from a generator of its
+    own, so the same seed and index give the same subject and lighting whatever that is."""
     rng = np.random.default_rng([seed, index])
     subject = sample_subject(rng)
     camera = sample_camera(rng)
     look = sample_look(rng)
     env, env_meta = sample_env(rng, hdris, lighting)
     jitter = float(2.0 ** rng.uniform(-0.4, 0.25))
-    return Scene(subject, camera, look, env, env_meta, jitter)
+    scene = Scene(subject, camera, look, env, env_meta, jitter)
+    other = np.random.default_rng([seed, index, 1])
+    if other.uniform() < lighting.p_other_background:
+        scene.background_env, meta = sample_env(other, hdris, lighting)
+        scene.env_meta = {**env_meta, "background_source": meta["env_source"]}
+    return scene
 
 
 def render_scene(
@@ -197,7 +206,8 @@ def render_scene(
     lit, white = shade_subject(scene.env, g, albedo, f0, scene.look.skin_roughness, specular)
     scale = exposure_scale(white, g, scene.jitter) if exposure else 1.0
     m = g.mask[None]
-    background = mirror_lookup(scene.env, g.rays)[0]
+    shown = scene.env if scene.background_env is None else scene.background_env
+    background = mirror_lookup(shown, g.rays)[0]
     relit = torch.where(m, lit * ao, background) * scale
     flat = torch.where(m, albedo * ao, torch.ones(()))
     soft = gaussian_blur(torch.cat([relit, flat, m.float()]), 0.5)

@@ -270,6 +270,10 @@ class LightingOptions:
     p_tint: float = 0.5  # probability of a white-balance tint (2700-10000 K) over the map
     p_mix: float = 0.35  # probability of a second procedural source mixed in
     gain_stops: float = 1.0  # HDRI exposure drawn from 2**U(-gain_stops, gain_stops)
+    # probability that the background shows another, independently drawn env map: the
+    # shading on the subject is then the only view of the light (a model cannot learn the
+    # lighting by recognising a training HDRI behind the person)
+    p_other_background: float = 0.0
 
 
 def _draw_kind(rng: np.random.Generator) -> str:

@@ -75,13 +75,16 @@ def synth(
     hdris: Sequence[str] | None = None,
     exclude_hdris: Sequence[str] = (),
     p_hdri: float = 0.5,
+    p_other_background: float = 0.0,
 ) -> list[Path]:
     """Render ``n`` samples of ``size x size`` into ``out/shard-XXXXXX.tar``; return the shards.
 
     ``hdri_dir``: folder of ``.exr``/``.hdr`` env maps mixed with procedural lighting
     (default: the packaged ``delit_cache/assets/hdri`` when present, else procedural only);
     ``hdris`` / ``exclude_hdris``: stems of that folder to use / to leave out (a held-out
-    split); ``p_hdri``: probability that a sample is lit by an HDRI (1: HDRIs only).
+    split); ``p_hdri``: probability that a sample is lit by an HDRI (1: HDRIs only);
+    ``p_other_background``: probability that the background shows another env map than the
+    one lighting the subject (``LightingOptions``).
     Raises ``DelitError`` for bad arguments or an output folder that already holds shards.
     """
     if n < 1:
@@ -94,8 +97,9 @@ def synth(
         raise DelitError(f"--workers must be >= 1, got {workers}")
     if hdri_dir is not None and not Path(hdri_dir).is_dir():
         raise DelitError(f"{hdri_dir}: HDRI folder not found")
-    if not 0.0 <= p_hdri <= 1.0:
-        raise DelitError(f"--p-hdri must be in [0, 1], got {p_hdri}")
+    for flag, p in (("--p-hdri", p_hdri), ("--p-other-background", p_other_background)):
+        if not 0.0 <= p <= 1.0:  # also refuses NaN
+            raise DelitError(f"{flag} must be in [0, 1], got {p}")
     try:
         files = list_hdris(hdri_dir, hdris, exclude_hdris)
     except ValueError as exc:
@@ -104,7 +108,7 @@ def synth(
         raise DelitError(f"{hdri_dir or 'packaged HDRIs'}: no .exr or .hdr files selected")
     if p_hdri == 1.0 and not files:
         raise DelitError("--p-hdri 1 needs HDRIs, and none are selected")
-    lighting = LightingOptions(p_hdri=p_hdri)
+    lighting = LightingOptions(p_hdri=p_hdri, p_other_background=p_other_background)
     out = Path(out)
     ensure_no_shards(out)
     bar = progress_bar(total=n, desc="synth", unit="sample", enabled=progress)
