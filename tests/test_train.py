@@ -80,8 +80,8 @@ def test_config_loading_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("weights", "msg"),
     [([1.0] * 15, "needs 16 values"), ([1.0] * 15 + [0.0], "finite and > 0"),
-     ([1.0] * 15 + [float("nan")], "finite and > 0"), (["a"] * 16, "list of a numbers"),
-     (2.0, "list of a numbers")],
+     ([1.0] * 15 + [float("nan")], "finite and > 0"), (["a"] * 16, "list of numbers"),
+     (2.0, "list of numbers")],
 )  # fmt: skip
 def test_flat_channel_weights_are_validated(tmp_path, weights, msg):
     with pytest.raises(DelitError, match=msg):

@@ -49,7 +49,8 @@ def _type_name(hint: Any) -> str:
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}s"
+            plural = {float: "numbers", int: "integers", str: "strings"}.get(args[0], args[0])
+            return f"a list of {plural}"
         return f"a list of {len(args)} values"
     if origin is dict or hint is dict:
         return "a mapping"
