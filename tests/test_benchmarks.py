@@ -287,21 +287,3 @@ def test_light_split_table(tmp_path):
     groups = {"all": np.ones(2, bool)}
     (row,) = ls.rows_for("x", torch.cat([up, level]), torch.cat([level, level]), groups)
     assert row[-1] == "0.50" and row[3] == "45.0"  # one of two near the zenith; (90 + 0) / 2
-
-
-def test_channel_gains_table(tmp_path):
-    from cli.app import main
-
-    data = tmp_path / "train"
-    assert main(["synth", "--out", str(data), "--n", "3", "--size", "64", "--seed", "3"]) == 0
-    out = tmp_path / "gains.md"
-    text = _run([sys.executable, "benchmarks/channel_gains.py", "--data", str(data),
-                 "--limit", "3", "--out", str(out)])  # fmt: skip
-    _header_ok(text)
-    rows = _table(text)
-    assert [int(r["channel"]) for r in rows] == list(range(16))
-    gains = [_positive(r["gain (mean 1)"]) for r in rows]
-    assert abs(sum(gains) / 16 - 1) < 0.01
-    (line,) = [x for x in text.splitlines() if x.startswith("flat_channel_weights: [")]
-    assert [float(v) for v in line.split("[")[1].rstrip("]").split(",")] == gains
-    assert out.read_text() == text

@@ -21,7 +21,6 @@ from delit_cache.train.losses import (
     detail_loss,
     loss_targets,
     soft_light_direction,
-    standardised_flat_loss,
 )
 from tests.test_train import make_random_cache
 
@@ -140,26 +139,3 @@ def test_global_context_starts_as_identity_and_is_saved_in_the_config():
     heads = create_heads(cfg, seed=0)
     assert sum(isinstance(m, GlobalContext) for m in heads.modules()) == 2
     assert DelitConfig.from_dict(cfg.to_dict()).global_context
-
-
-def test_flat_channel_weights_scale_each_channel_of_the_flat_terms():
-    g = torch.Generator().manual_seed(3)
-    target = torch.randn(2, 16, 8, 8, generator=g)
-    pred = target.clone()
-    pred[:, 5] += 1.0  # an error in channel 5 only
-    weights = torch.ones(16)
-    weights[5] = 3.0
-    plain = standardised_flat_loss(pred, target, None)
-    torch.testing.assert_close(standardised_flat_loss(pred, target, None, "l1", weights), 3 * plain)
-    weights[5] = 1.0
-    weights[0] = 3.0  # weighting a channel without error changes nothing
-    torch.testing.assert_close(standardised_flat_loss(pred, target, None, "l1", weights), plain)
-    bumpy = target.clone()
-    bumpy[:, 0, ::2] += 1.0
-    torch.testing.assert_close(
-        detail_loss(bumpy, target, None, weights), 3 * detail_loss(bumpy, target, None)
-    )
-    cfg = _cfg(flat_channel_weights=[2.0] * 16)
-    out = {"flat_latent": pred, "env_code": torch.zeros(2, 4, 16, 32)}
-    batch = {"flat_latent": target, "env": torch.ones(2, 3, 16, 32)}
-    torch.testing.assert_close(compute_losses(out, batch, cfg)["flat"], 2 * plain)

@@ -77,25 +77,6 @@ def test_config_loading_and_overrides(tmp_path):
         load_config("does-not-exist")
 
 
-@pytest.mark.parametrize(
-    ("weights", "msg"),
-    [([1.0] * 15, "needs 16 values"), ([1.0] * 15 + [0.0], "finite and > 0"),
-     ([1.0] * 15 + [float("nan")], "finite and > 0"), (["a"] * 16, "list of numbers"),
-     (2.0, "list of numbers")],
-)  # fmt: skip
-def test_flat_channel_weights_are_validated(tmp_path, weights, msg):
-    with pytest.raises(DelitError, match=msg):
-        load_config(write_config(tmp_path / "w.yaml", flat_channel_weights=weights))
-
-
-def test_flat_channel_weights_round_trip_through_yaml(tmp_path):
-    weights = [0.5 + i / 10 for i in range(16)]
-    cfg = load_config(write_config(tmp_path / "w.yaml", flat_channel_weights=weights))
-    assert cfg.flat_channel_weights == tuple(weights)
-    again = load_config(write_config(tmp_path / "again.yaml", **cfg.to_dict()))
-    assert again.flat_channel_weights == tuple(weights)
-
-
 def test_schedule_is_a_function_of_seed_and_epoch():
     s = Schedule(n=10, batch_size=3, world_size=1, seed=4)
     assert s.steps_per_epoch == 3

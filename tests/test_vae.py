@@ -325,36 +325,3 @@ def test_missing_diffsynth_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(DelitError, match="diffsynth is not installed"):
         wan_source.wan_video_vae_module()
-
-
-class _LinearDecoder:
-    """A stand-in decoder whose image is one known mix of the latent channels."""
-
-    def __init__(self, mix: torch.Tensor):
-        self.mix = mix
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("c,bchw->bhw", self.mix, latents)[:, None].expand(-1, 3, -1, -1)
-
-
-def test_decoder_channel_gains_measure_each_channels_share_of_the_pixels(tiny_vae):
-    from delit_cache.vae.channel_gains import decoder_channel_gains
-
-    mix = torch.tensor([1.0, 0.5, 0.0, 2.0])
-    latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    std = torch.tensor([1.0, 2.0, 1.0, 0.5])
-    gains, used = decoder_channel_gains(_LinearDecoder(mix), latents, std=std)
-    expected = mix * std
-    torch.testing.assert_close(gains, expected / expected.mean(), rtol=0.05, atol=1e-6)
-    assert torch.equal(used, std)
-    gains, used = decoder_channel_gains(_LinearDecoder(mix), latents * 3)  # std from latents
-    torch.testing.assert_close(used, torch.full((4,), 3.0), rtol=0.1, atol=0)
-    real, _ = decoder_channel_gains(tiny_vae, torch.randn(2, 16, 4, 4))
-    assert real.shape == (16,) and torch.isfinite(real).all() and abs(float(real.mean()) - 1) < 1e-5
-    for bad, msg in ((latents[:1], "N>=2"), (latents[0], "N>=2")):
-        with pytest.raises(DelitError, match=msg):
-            decoder_channel_gains(_LinearDecoder(mix), bad)
-    with pytest.raises(DelitError, match="std > 0"):
-        decoder_channel_gains(_LinearDecoder(mix), latents, std=torch.tensor([1.0, 0.0, 1, 1]))
-    with pytest.raises(DelitError, match="none of the channels"):
-        decoder_channel_gains(_LinearDecoder(torch.zeros(4)), latents)

@@ -51,9 +51,6 @@ class TrainConfig:
     flat_loss: str = "l1"  # "l1" or "mse" between flat latents (normalised latent space)
     flat_weight: float = 1.0  # weight of the flat latent loss
     flat_detail_weight: float = 0.0  # weight of L1 between the flat latents' neighbour differences
-    # per-channel weights of the flat terms, one per latent channel (empty = all 1): how much
-    # each channel shows in decoded pixels (benchmarks/channel_gains.py measures them)
-    flat_channel_weights: tuple[float, ...] = ()
     env_weight: float = 1.0  # weight of the L1 loss on the four-channel env encoding
     env_log_weight: float = 2.0  # extra factor on the encoding's log channel (HDR magnitude)
     sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
@@ -87,7 +84,6 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         data["sphere_env_size"] = list(self.sphere_env_size)
-        data["flat_channel_weights"] = list(self.flat_channel_weights)
         return data
 
     def validate(self, where: str = "config") -> None:
@@ -124,24 +120,8 @@ class TrainConfig:
         if problems:
             raise DelitError(f"{where}: {problems[0]}")
         heads = self.heads_config()
-        self._validate_channel_weights(heads.latent_channels, where)
         if self.light_head_weight > 0 and not heads.light_head:
             raise DelitError(f"{where}: light_head_weight needs model.light_head: true")
-
-    def _validate_channel_weights(self, channels: int, where: str) -> None:
-        weights = self.flat_channel_weights
-        if not weights:
-            return
-        if len(weights) != channels:
-            raise DelitError(
-                f"{where}: flat_channel_weights needs {channels} values (one per latent "
-                f"channel), got {len(weights)}"
-            )
-        for value in weights:
-            if not (math.isfinite(value) and value > 0):
-                raise DelitError(
-                    f"{where}: flat_channel_weights must be finite and > 0, got {value}"
-                )
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -166,7 +146,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig
     if problem:
         raise DelitError(f"{where}: {problem}")
     data = dict(data)
-    for name in ("betas", "sphere_env_size", "flat_channel_weights"):
+    for name in ("betas", "sphere_env_size"):
         if name in data:
             data[name] = tuple(data[name])
     if data.get("model") is None:

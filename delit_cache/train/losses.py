@@ -41,45 +41,26 @@ def flat_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> tor
     return F.l1_loss(pred, target)
 
 
-def _scale_channels(
-    latents: tuple[torch.Tensor, ...],
-    latent_std: torch.Tensor | None,
-    weights: torch.Tensor | None,
-) -> tuple[torch.Tensor, ...]:
-    """Each latent ``[B,C,h,w]`` divided per channel by ``latent_std`` and multiplied by
-    ``weights`` (either None: left out)."""
-    scale = torch.ones(latents[0].shape[1], device=latents[0].device)
-    if latent_std is not None:
-        scale = scale / latent_std.float().to(scale.device)
-    if weights is not None:
-        scale = scale * weights.float().to(scale.device)
-    return tuple(x * scale[:, None, None] for x in latents)
-
-
 def standardised_flat_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    latent_std: torch.Tensor | None,
-    kind: str = "l1",
-    weights: torch.Tensor | None = None,
+    pred: torch.Tensor, target: torch.Tensor, latent_std: torch.Tensor | None, kind: str = "l1"
 ) -> torch.Tensor:
     """``flat_loss`` with both latents divided per channel by ``latent_std`` ``[C]`` (the
-    heads' latent scale; None: raw latent units) and multiplied by ``weights`` ``[C]`` (how
-    much each channel counts; None: all 1)."""
-    pred, target = _scale_channels((pred, target), latent_std, weights)
+    heads' latent scale; None: raw latent units)."""
+    if latent_std is not None:
+        scale = latent_std.float()[:, None, None]
+        pred, target = pred / scale, target / scale
     return flat_loss(pred, target, kind)
 
 
 def detail_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    latent_std: torch.Tensor | None,
-    weights: torch.Tensor | None = None,
+    pred: torch.Tensor, target: torch.Tensor, latent_std: torch.Tensor | None
 ) -> torch.Tensor:
     """L1 between the horizontal and vertical neighbour differences of two flat latents
-    (scaled like ``standardised_flat_loss``): it weights edges and texture, which a
+    (standardised like ``standardised_flat_loss``): it weights edges and texture, which a
     plain L1 on values lets the heads blur."""
-    pred, target = _scale_channels((pred, target), latent_std, weights)
+    if latent_std is not None:
+        scale = latent_std.float()[:, None, None]
+        pred, target = pred / scale, target / scale
     err = pred - target
     return 0.5 * (
         (err[..., 1:, :] - err[..., :-1, :]).abs().mean()
@@ -169,29 +150,28 @@ def compute_losses(
     per-channel latent scale; the flat loss is taken in those units (None: raw units)."""
     if "env_code" not in batch:
         batch = {**batch, **loss_targets(batch["env"], cfg)}
-    weights = torch.tensor(cfg.flat_channel_weights) if cfg.flat_channel_weights else None
     flat = standardised_flat_loss(
-        out["flat_latent"].float(), batch["flat_latent"], latent_std, cfg.flat_loss, weights
+        out["flat_latent"].float(), batch["flat_latent"], latent_std, cfg.flat_loss
     )
     code_pred = out["env_code"].float()
     losses: dict[str, torch.Tensor] = {"flat": flat}
     total = cfg.flat_weight * flat
     if cfg.flat_detail_weight > 0:
         losses["flat_detail"] = detail_loss(
-            out["flat_latent"].float(), batch["flat_latent"], latent_std, weights
+            out["flat_latent"].float(), batch["flat_latent"], latent_std
         )
         total = total + cfg.flat_detail_weight * losses["flat_detail"]
     env, colour, log = env_code_loss(code_pred, batch["env_code"], cfg.env_log_weight)
     losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
     total = total + cfg.env_weight * env
-    sphere_weights = {
+    weights = {
         "diffuse": cfg.sphere_diffuse_weight,
         "matte": cfg.sphere_matte_weight,
         "colour": cfg.sphere_colour_weight,
     }
     if uses_spheres(cfg):
         spheres = sphere_losses(code_pred, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
-        for name, weight in sphere_weights.items():
+        for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
     if cfg.light_dir_weight > 0:

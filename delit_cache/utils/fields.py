@@ -27,8 +27,6 @@ def _fits(hint: Any, value: Any) -> bool:
         return isinstance(value, str)
     if origin is tuple:
         args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
-            return isinstance(value, (list, tuple)) and all(_fits(args[0], v) for v in value)
         return (
             isinstance(value, (list, tuple))
             and len(value) == len(args)
@@ -47,11 +45,7 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            plural = {float: "numbers", int: "integers", str: "strings"}.get(args[0], args[0])
-            return f"a list of {plural}"
-        return f"a list of {len(args)} values"
+        return f"a list of {len(typing.get_args(hint))} values"
     if origin is dict or hint is dict:
         return "a mapping"
     return names.get(hint, str(hint))
