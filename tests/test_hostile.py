@@ -172,12 +172,18 @@ def test_infer_out_equal_to_input_folder_skips_its_own_outputs(tmp_path):
 
 
 def test_atomic_writes_keep_the_umask_permissions(tmp_path):
+    from delit_cache.models import DelitConfig, create_heads
+    from delit_cache.models.pretrained import save_heads
+
     old = os.umask(0o022)
     try:
         path = write_json(tmp_path / "a.json", {"x": 1})
+        heads = save_heads(create_heads(DelitConfig(extractor_width=8, flat_width=8), seed=0),
+                           tmp_path / "h.safetensors")  # fmt: skip
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(heads.stat().st_mode) == 0o644  # safetensors writes a new 0600 file
     path.chmod(0o640)
     write_json(path, {"x": 2})
     assert stat.S_IMODE(path.stat().st_mode) == 0o640

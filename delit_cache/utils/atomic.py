@@ -75,9 +75,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, _new_file_mode(path))
+    mode = _new_file_mode(path)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # after the writer: some (safetensors) make a new 0600 file
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
