@@ -285,6 +285,9 @@ def test_pano_upsample_is_bilinear_on_the_wrapped_map():
         (a,) = torch.autograd.grad(got, x, g)
         (b,) = torch.autograd.grad(ref, x, g)
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    from delit_cache.models.layers import _interp_matrix
+
+    _interp_matrix.cache_clear()  # so that the matrices are first made under inference mode
     with torch.inference_mode():  # its cached matrices, first made here, can train later
         pano_upsample(torch.randn(1, 1, 3, 5), (6, 10))
     x = torch.randn(1, 1, 3, 5, requires_grad=True)
