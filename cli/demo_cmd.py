@@ -17,7 +17,20 @@ def demo(
     train_samples: Annotated[int, typer.Option(help="Synthetic training portraits.")] = 192,
     val_samples: Annotated[int, typer.Option(help="Held-out portraits (another seed).")] = 24,
     steps: Annotated[
-        int | None, typer.Option(help="Training steps (default: configs/demo.yaml).")
+        int | None, typer.Option(help="Training steps (default: the config's).")
+    ] = None,
+    init_from: Annotated[
+        str,
+        typer.Option(
+            help="Heads to fine-tune: 'demo' (the packaged heads, trained without the held-out "
+            "HDRIs), a run folder or heads file, or 'none' (small heads from scratch).",
+        ),
+    ] = "demo",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="Training config (default: demo-finetune, or demo with --init-from none)."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Synth worker processes.")] = 2,
     seed: Annotated[int, typer.Option(help="Data seed.")] = 0,
@@ -35,7 +48,9 @@ def demo(
     """Run the whole job on synthetic portraits and write a report (report.html, report.png).
 
     Uses the bundled demo codec, a small stand-in for the Wan 2.1 VAE trained on synthetic
-    portraits (not for real photos). About 4 to 5 minutes on 2 CPU cores.
+    portraits (not for real photos), and fine-tunes the packaged heads on the demo's own
+    training portraits (--init-from none: small heads from scratch). About 5 minutes on 2 CPU
+    cores.
     """
     from delit_cache.demo import DemoOptions, run_demo
     from delit_cache.evaluate.evaluate import format_table
@@ -46,6 +61,8 @@ def demo(
             train_samples=train_samples,
             val_samples=val_samples,
             steps=steps,
+            init_from=init_from,
+            config=config,
             workers=workers,
             seed=seed,
             vae=vae,

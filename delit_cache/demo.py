@@ -2,6 +2,9 @@
 
 synth (training and held-out portraits) -> encode (latent cache) -> train-heads -> eval on
 the held-out split (against both baselines and the codec ceiling) -> report (HTML + PNG).
+By default train-heads fine-tunes the packaged heads (trained on thousands of portraits
+without the held-out HDRIs: ``scripts/train_demo_heads.sh``) for a few steps on the demo's own
+training portraits; ``init_from="none"`` trains small heads from scratch (``configs/demo.yaml``).
 
 The demo codec is a small stand-in for the Wan 2.1 VAE, trained on synthetic portraits
 (``scripts/train_demo_codec.py``); the numbers the demo prints say how the pipeline does on
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from delit_cache.train.config import TrainConfig, load_config
+from delit_cache.train.trainer import heads_to_fine_tune
 from delit_cache.utils.atomic import make_dir, write_json
 from delit_cache.utils.device import dtype_name, has_fast_bf16, resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
@@ -32,7 +37,8 @@ class DemoOptions:
     train_samples: int = 192  # synthetic training portraits (seed ``seed``)
     val_samples: int = 24  # held-out portraits (seed ``seed + 1``: other faces and lights)
     size: int = 256  # image size; the demo codec was trained at 256
-    config: str = "demo"  # training config (configs/demo.yaml)
+    config: str | None = None  # training config (None: see ``training_plan``)
+    init_from: str = "demo"  # heads to fine-tune ("demo": the packaged ones; "none": scratch)
     steps: int | None = None  # override the config's step count
     workers: int = 2  # synth worker processes
     seed: int = 0  # data seed
@@ -51,6 +57,26 @@ def demo_dtype(dtype: str, vae: str, device: torch.device) -> torch.dtype:
         return resolve_dtype(dtype)
     fast = vae == "demo" and has_fast_bf16(device)
     return torch.bfloat16 if fast else torch.float32
+
+
+def training_plan(opts: DemoOptions, device: torch.device) -> TrainConfig:
+    """The training stage's config: ``opts.config``, else ``demo-finetune`` (the packaged
+    heads' architecture) when fine-tuning and ``demo`` (small heads) from scratch; with
+    ``init_from``, ``steps`` and ``device`` from ``opts`` on top."""
+    scratch = opts.init_from.strip().lower() in ("", "none")
+    name = opts.config or ("demo" if scratch else "demo-finetune")
+    overrides = {"steps": opts.steps, "device": str(device)}
+    overrides["init_from"] = "" if scratch else opts.init_from
+    cfg = load_config(name, overrides)
+    cfg.validate(str(name))
+    return cfg
+
+
+def check_init(cfg: TrainConfig, vae_fingerprint: str) -> None:
+    """``DelitError`` now, before any stage, for heads to fine-tune that cannot be loaded into
+    ``cfg``'s architecture or were trained on another VAE's latents."""
+    if cfg.init_from:
+        heads_to_fine_tune(cfg, vae_fingerprint)
 
 
 def _stage(name: str, t0: float) -> None:
@@ -89,6 +115,18 @@ def check_options(opts: DemoOptions) -> None:
             raise DelitError(f"{flag} {value}: must be >= 1")
 
 
+def _training_note(opts: DemoOptions, cfg: TrainConfig) -> str:
+    data = f"{opts.train_samples} synthetic portraits at {opts.size}px"
+    if not cfg.init_from:
+        return f"Training: small heads from scratch, {cfg.steps} steps on {data}."
+    source = (
+        "the packaged heads (trained without the held-out HDRIs: scripts/train_demo_heads.sh)"
+        if cfg.init_from == "demo"
+        else f"the heads of {cfg.init_from}"
+    )
+    return f"Training: {source}, fine-tuned for {cfg.steps} steps on {data}."
+
+
 def run_demo(opts: DemoOptions) -> dict:
     """Run every stage into ``opts.out``; return the eval metrics (also in metrics.json)."""
     from delit_cache.cache.encode import encode_shards
@@ -109,15 +147,16 @@ def run_demo(opts: DemoOptions) -> dict:
     device = resolve_device(opts.device)
     dtype = demo_dtype(opts.dtype, opts.vae, device)
     vae = load_wan_vae(opts.vae, device=device, dtype=dtype)  # a bad --vae fails first
-    make_dir(opts.out)  # so does an --out that cannot be made, before any stage starts
+    cfg = training_plan(opts, device)
+    check_init(cfg, vae.fingerprint)  # so do heads that cannot be fine-tuned here
+    make_dir(opts.out)  # and an --out that cannot be made, before any stage starts
     _stage("synth: training and held-out portraits", t0)
     train_dir, val_dir = make_data(opts)
     _stage("encode: training portraits -> latent cache", t0)
     cache = opts.out / "cache.zarr"
     encode_shards(opts.vae, train_dir, cache, size=opts.size, batch_size=8, vae=vae)
     _stage("train-heads: from the cache, no VAE", t0)
-    overrides = {"steps": opts.steps, "device": str(device)}
-    train_heads(RunOptions(cache=cache, out=run, config=opts.config, overrides=overrides))
+    train_heads(RunOptions(cache=cache, out=run, config=None, overrides=cfg.to_dict()))
     _stage("eval: held-out portraits, decoded with the codec", t0)
     model, _, mean_env, _ = load_vae_and_model(run, vae, device=device, size=opts.size)
     metrics = evaluate(model, iter_samples(val_dir), mean_env, image_size=opts.size, progress=True)
@@ -128,7 +167,7 @@ def run_demo(opts: DemoOptions) -> dict:
     notes = [
         f"Codec: {opts.vae} ({'a stand-in for the Wan 2.1 VAE trained on synthetic portraits; not for real photos' if opts.vae == 'demo' else 'Wan 2.1 VAE'}).",
         f"Codec precision: {dtype_name(dtype)} (encode and eval).",
-        f"Training: {opts.train_samples} synthetic portraits at {opts.size}px, config {opts.config}.",
+        _training_note(opts, cfg),
         f"Held out: {opts.val_samples} portraits from another seed (other faces), lit only by "
         f"HDRIs the training split never contained ({', '.join(HELDOUT_HDRIS)}).",
         f"Total time: {time.perf_counter() - t0:.0f} s.",

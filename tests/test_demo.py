@@ -50,6 +50,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, tiny_vae_pth, caplog):
         val_samples=3,
         size=64,
         config="tiny",
+        init_from="none",
         steps=4,
         workers=1,
         examples=2,
@@ -63,6 +64,27 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path, tiny_vae_pth, caplog):
     assert (opts.out / "report.html").is_file() and (opts.out / "report.png").is_file()
     assert (opts.out / "run" / "heads.safetensors").is_file()
     assert "report" in caplog.text  # the stages are logged
+
+
+def test_demo_fine_tunes_the_packaged_heads_by_default(tmp_path):
+    from delit_cache.infer.delighter import resolve_checkpoint
+
+    opts = DemoOptions(
+        out=tmp_path / "demo", train_samples=4, val_samples=2, size=64, steps=2, workers=1,
+        examples=1, device="cpu",
+    )  # fmt: skip
+    run_demo(opts)
+    packaged, _, _ = resolve_checkpoint("demo")
+    tuned, _, _ = resolve_checkpoint(opts.out / "run")
+    assert tuned.config == packaged.config
+    moved = [
+        name
+        for name, value in tuned.state_dict().items()
+        if value.is_floating_point() and not torch.equal(value, packaged.state_dict()[name])
+    ]
+    assert moved  # two steps at a low learning rate moved the weights, from the packaged ones
+    page = (opts.out / "report.html").read_text()
+    assert "the packaged heads" in page and "fine-tuned for 2 steps" in page
 
 
 def test_packaged_demo_heads_and_codec_work_at_once(tmp_path, capsys):
@@ -88,6 +110,19 @@ def test_packaged_demo_heads_and_codec_work_at_once(tmp_path, capsys):
     assert main([*args, "--json", str(json_path)]) == 0
     result = json.loads(json_path.read_text())
     assert result["n"] == 2 and result["mean_env_source"] == "training cache"
+
+
+def test_demo_refuses_heads_it_cannot_fine_tune_before_any_work(tmp_path, tiny_vae_pth, capsys):
+    from cli.app import main
+
+    args = ["demo", "--device", "cpu", "--out"]
+    assert main([*args, str(tmp_path / "a"), "--init-from", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "b"), "--vae", str(tiny_vae_pth)]) == 2  # packaged heads
+    assert "another VAE" in capsys.readouterr().err  # belong to the demo codec
+    assert main([*args, str(tmp_path / "c"), "--config", "tiny"]) == 2  # not their architecture
+    assert "other architecture" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")  # nothing made
 
 
 def test_demo_refuses_bad_vae_and_finished_run_before_any_work(tmp_path):

@@ -19,7 +19,9 @@ from delit_cache.train.config import load_config
 from delit_cache.train.losses import (
     compute_losses,
     detail_loss,
+    env_nrmse_loss,
     loss_targets,
+    nrmse_view,
     soft_light_direction,
 )
 from tests.test_train import make_random_cache
@@ -40,7 +42,7 @@ def _cfg(**changes):
 
 
 def test_targets_once_equal_targets_per_step():
-    cfg = _cfg(light_dir_weight=0.3, flat_detail_weight=0.5)
+    cfg = _cfg(light_dir_weight=0.3, flat_detail_weight=0.5, env_nrmse_weight=0.5)
     g = torch.Generator().manual_seed(0)
     heads = create_heads(cfg.heads_config(), seed=0)
     relit = torch.randn(3, 16, 4, 4, generator=g)
@@ -49,7 +51,7 @@ def test_targets_once_equal_targets_per_step():
     out = heads(relit)
     per_step = compute_losses(out, {"flat_latent": flat, "env": env}, cfg)
     once = compute_losses(out, {"flat_latent": flat, **loss_targets(env, cfg)}, cfg)
-    assert set(per_step) == set(once) >= {"light_dir", "flat_detail", "sphere_diffuse"}
+    assert set(per_step) == set(once) >= {"light_dir", "flat_detail", "sphere_diffuse", "env_nrmse"}
     for name in per_step:
         torch.testing.assert_close(per_step[name], once[name])
 
@@ -93,6 +95,41 @@ def test_light_direction_loss_is_differentiable_and_orders_predictions():
     assert float(err[0].detach()) < 0.02 < float(err[1])
     err[0].backward()
     assert near.grad is not None and near.grad.abs().sum() > 0
+
+
+def test_env_nrmse_loss_tracks_the_mirror_sphere_nrmse():
+    from delit_cache.lighting.envcode import encode_env
+    from delit_cache.lighting.sphere_metrics import sphere_errors
+
+    g = torch.Generator().manual_seed(1)
+    sky = torch.linspace(2.0, 0.2, 128)[:, None]  # brighter overhead, as the sky is
+
+    def suns(offset):
+        return torch.stack([_sun_env(0.4 + 0.3 * i + offset, -2.5 + 1.1 * i) for i in range(5)])
+
+    true = suns(0.0) * sky * (0.5 + torch.rand(5, 3, 1, 1, generator=g))  # coloured
+    target = nrmse_view(true)
+    guesses = {
+        "itself x 7": true * 7.0,  # the metric ignores exposure; so does the loss
+        "blurred": torch.nn.functional.avg_pool2d(true, 5, 1, 2, count_include_pad=False),
+        "the sun 6 deg off": suns(0.1) * sky,
+        "another's light": true.roll(1, 0),
+    }
+    losses, metric = [], []
+    for env in guesses.values():
+        code = encode_env(env).requires_grad_()
+        loss = env_nrmse_loss(code, target)
+        loss.backward()
+        assert torch.isfinite(code.grad).all() and code.grad.abs().sum() > 0
+        losses.append(float(loss.detach()))
+        metric.append(float(sphere_errors(env, true)["mirror_nrmse"].mean()))
+    assert losses[0] < 0.01 and metric[0] < 0.01
+    assert np.argsort(losses).tolist() == np.argsort(metric).tolist() == [0, 1, 3, 2]
+
+
+def test_env_nrmse_view_stays_bounded_on_a_flat_map_with_a_small_sun():
+    view = nrmse_view(_sun_env(1.0, 0.5)[None])  # its 99.9th percentile is the flat sky
+    assert torch.isfinite(view).all() and float(view.abs().max()) <= 20.0 + 1e-4
 
 
 def test_light_head_loss_is_one_minus_cos_and_trains_the_head():

@@ -68,18 +68,22 @@ def angular_error_deg(
     return torch.rad2deg(torch.atan2(sin, cos)).mean(1).float()
 
 
-def _percentile_normalise(x: torch.Tensor, lo: float = 0.001, hi: float = 0.999) -> torch.Tensor:
-    """``[B,C,P]`` -> each image mapped so its own ``lo``/``hi`` quantiles go to 0 and 1."""
+def percentile_normalise(
+    x: torch.Tensor, lo: float = 0.001, hi: float = 0.999, min_span: float = 0.0
+) -> torch.Tensor:
+    """``[B,C,P]`` -> each image mapped so its own ``lo``/``hi`` quantiles go to 0 and 1;
+    ``min_span`` > 0 floors the quantiles' span at that share of (max - ``lo`` quantile),
+    so that a flat image with a few bright pixels is not blown up (a loss needs that)."""
     flat = x.flatten(1)
     q = torch.quantile(flat, torch.tensor([lo, hi], device=x.device), dim=1)  # [2,B]
-    span = (q[1] - q[0]).clamp_min(_EPS)
+    span = torch.maximum(q[1] - q[0], min_span * (flat.amax(1) - q[0])).clamp_min(_EPS)
     return (x - q[0][:, None, None]) / span[:, None, None]
 
 
 def nrmse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """RMSE after normalising each image by its own 0.1/99.9 percentiles -> ``[B]``."""
-    p = _percentile_normalise(_masked(pred, mask))
-    g = _percentile_normalise(_masked(gt, mask))
+    p = percentile_normalise(_masked(pred, mask))
+    g = percentile_normalise(_masked(gt, mask))
     return ((p - g) ** 2).mean(dim=(1, 2)).sqrt()
 
 

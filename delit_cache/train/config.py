@@ -57,6 +57,8 @@ class TrainConfig:
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
     light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
+    env_nrmse_weight: float = 0.0  # weight of the RMSE of percentile-normalised x**(1/2.4) env
+    # maps at 64x128, solid-angle weighted (what the mirror sphere's nRMSE scores)
     light_head_weight: float = 0.0  # weight of 1 - cos(light head's, true brightest direction)
     light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss

@@ -7,7 +7,10 @@
   ``env_log_weight`` times;
 * spheres: the diffuse and matte-silver spheres of ``decode_env(pred)`` vs of the target HDR
   (``render.sphere_operators``: one matrix product each), L1 between ``log1p`` radiances
-  inside the disc.
+  inside the disc;
+* env nRMSE: the mirror sphere's nRMSE taken on the maps themselves (a mirror ball covers
+  every direction with equal area per solid angle, so a solid-angle-weighted RMSE over the
+  map is its RMSE over the ball).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from delit_cache.cache.store import DATA_ARRAYS, LatentCache
 from delit_cache.lighting.envcode import decode_env, encode_env
 from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
 from delit_cache.lighting.render import sphere_operators
-from delit_cache.lighting.sphere_metrics import brightest_direction
+from delit_cache.lighting.sphere_metrics import brightest_direction, percentile_normalise
 from delit_cache.train.config import TrainConfig
 
 _LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+NRMSE_VIEW_SIZE = (64, 128)  # env nRMSE's map size (at 32x64 it tracked the metric poorly)
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,6 +123,26 @@ def sphere_losses(
     return {"diffuse": diff[0], "matte": diff[1], "colour": colour}
 
 
+def nrmse_view(env_hdr: torch.Tensor, size: tuple[int, int] = NRMSE_VIEW_SIZE) -> torch.Tensor:
+    """Linear env maps ``[B,3,H,W]`` as the nRMSE sees them: area-resampled to ``size``,
+    raised to ``1/2.4`` (the protocol's tone curve; its scale cancels below) and mapped by
+    each map's own 0.1/99.9 percentiles to 0 and 1 -> ``[B,3,h,w]``; differentiable. The
+    percentiles' span is floored at 5 % of the map's range (in the training maps it is
+    6 % or more), so a flat map with a small sun stays bounded."""
+    env = resample_env(env_hdr.float(), tuple(size))
+    power = env.clamp_min(1e-6) ** (1.0 / 2.4)  # the floor keeps the gradient finite at 0
+    b, c, h, w = power.shape
+    return percentile_normalise(power.flatten(2), min_span=0.05).view(b, c, h, w)
+
+
+def env_nrmse_loss(pred_code: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the solid-angle-weighted RMSE between ``nrmse_view`` of the
+    prediction and ``target_view`` (``nrmse_view`` of the target maps) -> scalar."""
+    pred_view = nrmse_view(decode_env(pred_code.float()), tuple(target_view.shape[-2:]))
+    weights = _pixel_weights(*target_view.shape[-2:], str(target_view.device))
+    return (((pred_view - target_view) ** 2) * weights).mean(dim=(1, 2, 3)).sqrt().mean()
+
+
 def uses_spheres(cfg: TrainConfig) -> bool:
     return max(cfg.sphere_diffuse_weight, cfg.sphere_matte_weight, cfg.sphere_colour_weight) > 0
 
@@ -134,6 +158,8 @@ def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Ten
         targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
     if cfg.light_dir_weight > 0 or cfg.light_head_weight > 0:
         targets["light_dir"] = brightest_direction(env_hdr)
+    if cfg.env_nrmse_weight > 0:
+        targets["env_nrmse_view"] = nrmse_view(env_hdr)
     return targets
 
 
@@ -178,6 +204,9 @@ def compute_losses(
         pred_dir = soft_light_direction(decode_env(code_pred), cfg.light_sharpness)
         losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
         total = total + cfg.light_dir_weight * losses["light_dir"]
+    if cfg.env_nrmse_weight > 0:
+        losses["env_nrmse"] = env_nrmse_loss(code_pred, batch["env_nrmse_view"])
+        total = total + cfg.env_nrmse_weight * losses["env_nrmse"]
     if cfg.light_head_weight > 0:  # TrainConfig.validate: the heads have a light head
         cos = (out["light_dir"].float() * batch["light_dir"]).sum(1)
         losses["light_head"] = (1 - cos).mean()

@@ -61,24 +61,27 @@ def initial_heads(cfg: TrainConfig, cache: LatentCache, train_idx: list[int]) ->
     per-channel statistics; or, with ``init_from``, those heads as they are (weights and
     latent statistics), which must have this run's architecture and VAE."""
     if cfg.init_from:
-        return _heads_to_fine_tune(cfg, cache)
+        return heads_to_fine_tune(cfg, cache.metadata.get("vae_fingerprint"))
     heads = create_heads(cfg.heads_config(), seed=cfg.seed)
     heads.set_latent_stats(*cache.latent_stats(train_idx))
     return heads
 
 
-def _heads_to_fine_tune(cfg: TrainConfig, cache: LatentCache) -> DelitHeads:
+def heads_to_fine_tune(cfg: TrainConfig, fingerprint: str | None) -> DelitHeads:
+    """The heads of ``cfg.init_from`` in ``cfg``'s architecture (grown where it may grow);
+    ``DelitError`` when they cannot be, or were trained on latents of a VAE other than the
+    one of ``fingerprint`` (None: not known, not checked)."""
     from delit_cache.infer.delighter import resolve_checkpoint
 
     heads, _, info = resolve_checkpoint(cfg.init_from)
     wanted = cfg.heads_config()
     if heads.config != wanted:
         heads = _grown(heads, wanted, cfg.init_from, cfg.seed)
-    theirs, ours = info.get("vae_fingerprint"), cache.metadata.get("vae_fingerprint")
-    if theirs and ours and theirs != ours:
+    theirs = info.get("vae_fingerprint")
+    if theirs and fingerprint and theirs != fingerprint:
         raise DelitError(
             f"init_from {cfg.init_from}: trained on latents of another VAE "
-            f"(fingerprint {theirs}, the cache's {ours})"
+            f"(fingerprint {theirs}, this one's {fingerprint})"
         )
     return heads
 
