@@ -12,13 +12,14 @@
 # Encoding runs chunk by chunk, appending to one cache, so a killed run continues where it
 # stopped when started again.
 #
-# Then train_bg.zarr, the last stage's data: train.zarr plus 2000 portraits (seeds 105, 106,
+# Then train_bg.zarr, stages 6-7's data: train.zarr plus 2000 portraits (seeds 105, 106,
 # the same lighting recipe) behind which another, independently drawn env map is shown
-# (`--p-other-background 1`): for those, the face is the only view of the light.
+# (`--p-other-background 1`): for those, the face is the only view of the light. And
+# train_bg4.zarr, stage 8's: train_bg.zarr plus 2000 more such portraits (seeds 107, 108).
 set -euo pipefail
 work=${1:?usage: $0 WORKDIR [CHUNKS]}
 chunks=${2:-5}
-[ "$chunks" -le 5 ] || { echo "$0: at most 5 chunks (seeds 105, 106 belong to train_bg)" >&2; exit 2; }
+[ "$chunks" -le 5 ] || { echo "$0: at most 5 chunks (seeds 105-108 belong to train_bg*)" >&2; exit 2; }
 heldout=courtyard,interior  # = delit_cache.synth.environments.HELDOUT_HDRIS
 mkdir -p "$work"
 cd "$work"
@@ -33,16 +34,24 @@ for ((i = 0; i < chunks; i++)); do
     delit encode --vae demo --data "train_$s" --out train.zarr --size 256 --batch-size 8 \
         --compile --no-progress
 done
-for s in 105 106; do
+for s in 105 106 107 108; do
     [ -f "train_bg_$s/shard-000000.tar" ] || delit synth --out "train_bg_$s" --n 1000 --size 256 \
         --seed "$s" --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 1
 done
-if [ ! -d train_bg.zarr ]; then  # a copy of the finished train.zarr, made under a temp name
-    rm -rf train_bg.zarr.partial
-    cp -r train.zarr train_bg.zarr.partial
-    mv train_bg.zarr.partial train_bg.zarr
-fi
+copy_cache() {  # a copy of a finished cache, made under a temp name
+    if [ ! -d "$2" ]; then
+        rm -rf "$2.partial"
+        cp -r "$1" "$2.partial"
+        mv "$2.partial" "$2"
+    fi
+}
+copy_cache train.zarr train_bg.zarr
 for s in 105 106; do
     delit encode --vae demo --data "train_bg_$s" --out train_bg.zarr --size 256 --batch-size 8 \
+        --compile --no-progress
+done
+copy_cache train_bg.zarr train_bg4.zarr
+for s in 107 108; do
+    delit encode --vae demo --data "train_bg_$s" --out train_bg4.zarr --size 256 --batch-size 8 \
         --compile --no-progress
 done

@@ -207,6 +207,7 @@ def test_named_configs_are_found(tmp_path):
         "demo-heads-finetune",
         "demo-heads-detail",
         "demo-heads-flat-blocks",
+        "demo-heads-env-nrmse",
         "demo-finetune",
     ):
         assert yaml.safe_load(resolve_config_path(name).read_text())
