@@ -98,7 +98,7 @@ def test_light_direction_loss_is_differentiable_and_orders_predictions():
 
 
 def test_env_nrmse_loss_tracks_the_mirror_sphere_nrmse():
-    from delit_cache.lighting.envcode import encode_env
+    from delit_cache.lighting.envcode import decode_env, encode_env
     from delit_cache.lighting.sphere_metrics import sphere_errors
 
     g = torch.Generator().manual_seed(1)
@@ -118,7 +118,7 @@ def test_env_nrmse_loss_tracks_the_mirror_sphere_nrmse():
     losses, metric = [], []
     for env in guesses.values():
         code = encode_env(env).requires_grad_()
-        loss = env_nrmse_loss(code, target)
+        loss = env_nrmse_loss(decode_env(code), target)
         loss.backward()
         assert torch.isfinite(code.grad).all() and code.grad.abs().sum() > 0
         losses.append(float(loss.detach()))

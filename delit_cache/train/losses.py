@@ -109,12 +109,12 @@ def render_loss_spheres(
 
 
 def sphere_losses(
-    pred_code: torch.Tensor, target: torch.Tensor, size: int, env_size: tuple[int, int]
+    pred_hdr: torch.Tensor, target: torch.Tensor, size: int, env_size: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
-    """L1 in log1p space between the spheres of the prediction and the target spheres
-    ``target`` (``render_loss_spheres`` of the target env maps; the diffuse and matte spheres
-    only see low frequencies)."""
-    pred = render_loss_spheres(decode_env(pred_code.float()), size, env_size)
+    """L1 in log1p space between the spheres of the predicted linear env maps ``pred_hdr``
+    and the target spheres ``target`` (``render_loss_spheres`` of the target env maps; the
+    diffuse and matte spheres only see low frequencies)."""
+    pred = render_loss_spheres(pred_hdr, size, env_size)
     diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
     # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
     unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
@@ -135,10 +135,11 @@ def nrmse_view(env_hdr: torch.Tensor, size: tuple[int, int] = NRMSE_VIEW_SIZE) -
     return percentile_normalise(power.flatten(2), min_span=0.05).view(b, c, h, w)
 
 
-def env_nrmse_loss(pred_code: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
+def env_nrmse_loss(pred_hdr: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the solid-angle-weighted RMSE between ``nrmse_view`` of the
-    prediction and ``target_view`` (``nrmse_view`` of the target maps) -> scalar."""
-    pred_view = nrmse_view(decode_env(pred_code.float()), tuple(target_view.shape[-2:]))
+    predicted linear env maps ``pred_hdr`` and ``target_view`` (``nrmse_view`` of the target
+    maps) -> scalar."""
+    pred_view = nrmse_view(pred_hdr, tuple(target_view.shape[-2:]))
     weights = _pixel_weights(*target_view.shape[-2:], str(target_view.device))
     return (((pred_view - target_view) ** 2) * weights).mean(dim=(1, 2, 3)).sqrt().mean()
 
@@ -195,17 +196,19 @@ def compute_losses(
         "matte": cfg.sphere_matte_weight,
         "colour": cfg.sphere_colour_weight,
     }
+    if uses_spheres(cfg) or cfg.light_dir_weight > 0 or cfg.env_nrmse_weight > 0:
+        pred_hdr = decode_env(code_pred)  # once, for the terms that score the linear map
     if uses_spheres(cfg):
-        spheres = sphere_losses(code_pred, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
+        spheres = sphere_losses(pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
         for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
     if cfg.light_dir_weight > 0:
-        pred_dir = soft_light_direction(decode_env(code_pred), cfg.light_sharpness)
+        pred_dir = soft_light_direction(pred_hdr, cfg.light_sharpness)
         losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
         total = total + cfg.light_dir_weight * losses["light_dir"]
     if cfg.env_nrmse_weight > 0:
-        losses["env_nrmse"] = env_nrmse_loss(code_pred, batch["env_nrmse_view"])
+        losses["env_nrmse"] = env_nrmse_loss(pred_hdr, batch["env_nrmse_view"])
         total = total + cfg.env_nrmse_weight * losses["env_nrmse"]
     if cfg.light_head_weight > 0:  # TrainConfig.validate: the heads have a light head
         cos = (out["light_dir"].float() * batch["light_dir"]).sum(1)
