@@ -287,3 +287,21 @@ def test_light_split_table(tmp_path):
     groups = {"all": np.ones(2, bool)}
     (row,) = ls.rows_for("x", torch.cat([up, level]), torch.cat([level, level]), groups)
     assert row[-1] == "0.50" and row[3] == "45.0"  # one of two near the zenith; (90 + 0) / 2
+
+
+def test_nrmse_proxy_table(tmp_path):
+    """Three guesses at three proxy sizes, each with the proxy's and the metric's means;
+    too few maps is one error line."""
+    from tests.test_train import make_random_cache
+
+    cache = make_random_cache(tmp_path / "c.zarr", n=4)
+    script = [sys.executable, "benchmarks/nrmse_proxy.py", "--cache", str(cache.path)]
+    text = _run(script)
+    _header_ok(text)
+    rows = _table(text)
+    assert len(rows) == 9 and {r["n"] for r in rows} == {"4"}
+    assert {r["proxy size"] for r in rows} == {"32 x 64", "64 x 128", "128 x 256"}
+    for row in rows:
+        assert 0.0 <= float(row["proxy mean"]) and 0.0 <= float(row["metric mean"])
+    bad = subprocess.run([*script, "--n", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 1: must be >= 2"

@@ -127,21 +127,26 @@ def nrmse_view(env_hdr: torch.Tensor, size: tuple[int, int] = NRMSE_VIEW_SIZE) -
     """Linear env maps ``[B,3,H,W]`` as the nRMSE sees them: area-resampled to ``size``,
     raised to ``1/2.4`` (the protocol's tone curve; its scale cancels below) and mapped by
     each map's own 0.1/99.9 percentiles to 0 and 1 -> ``[B,3,h,w]``; differentiable. The
-    percentiles' span is floored at 5 % of the map's range (in the training maps it is
-    6 % or more), so a flat map with a small sun stays bounded."""
+    percentiles' span is floored at 5 % of the map's range, below that of real maps
+    (``benchmarks/nrmse_proxy.py`` prints it), so a flat map with a small sun stays bounded."""
     env = resample_env(env_hdr.float(), tuple(size))
     power = env.clamp_min(1e-6) ** (1.0 / 2.4)  # the floor keeps the gradient finite at 0
     b, c, h, w = power.shape
     return percentile_normalise(power.flatten(2), min_span=0.05).view(b, c, h, w)
 
 
-def env_nrmse_loss(pred_hdr: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the solid-angle-weighted RMSE between ``nrmse_view`` of the
-    predicted linear env maps ``pred_hdr`` and ``target_view`` (``nrmse_view`` of the target
-    maps) -> scalar."""
+def env_nrmse(pred_hdr: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
+    """Per image, the solid-angle-weighted RMSE between ``nrmse_view`` of the predicted
+    linear env maps ``pred_hdr`` and ``target_view`` (``nrmse_view`` of the target maps)
+    -> ``[B]``."""
     pred_view = nrmse_view(pred_hdr, tuple(target_view.shape[-2:]))
     weights = _pixel_weights(*target_view.shape[-2:], str(target_view.device))
-    return (((pred_view - target_view) ** 2) * weights).mean(dim=(1, 2, 3)).sqrt().mean()
+    return (((pred_view - target_view) ** 2) * weights).mean(dim=(1, 2, 3)).sqrt()
+
+
+def env_nrmse_loss(pred_hdr: torch.Tensor, target_view: torch.Tensor) -> torch.Tensor:
+    """``env_nrmse`` averaged over the batch -> scalar."""
+    return env_nrmse(pred_hdr, target_view).mean()
 
 
 def uses_spheres(cfg: TrainConfig) -> bool:
