@@ -14,7 +14,8 @@ share under 30 degrees, and the share of estimates that put the light within 15 
 the zenith. Beside them: the checkpoint's mean env map (the free baseline), and
 the true map's own first moment (its luminance-weighted mean direction), which says how far
 the brightest light lies from where the light as a whole comes from (what the diffuse
-shading of a face shows).
+shading of a face shows), and each prediction's first moment (where its light as a whole
+lies, against where its brightest pixel lies).
 Prints a markdown table with the date, machine and command.
 """
 
@@ -123,6 +124,7 @@ def report(args: argparse.Namespace, argv: list[str] | None) -> int:
         name, _, checkpoint = spec.partition("=")
         pred, mean_env = predicted_envs(checkpoint, relit, args.batch_size)
         rows += rows_for(name, brightest_direction(pred), true_dir, groups)
+        rows += rows_for(f"{name}, first moment", first_moment(pred), true_dir, groups)
         if mean_env is not None and not baseline_done:
             mean_dir = brightest_direction(mean_env[None]).expand_as(true_dir)
             rows += rows_for(f"mean env map ({name})", mean_dir, true_dir, groups)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from delit_cache.cache.store import LatentCache
+from delit_cache.cache.store import first_samples
 from delit_cache.lighting.envmap import resample_env
 from delit_cache.lighting.sphere_metrics import sphere_errors
 from delit_cache.train.losses import env_nrmse, nrmse_view
@@ -55,13 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
     try:
-        if args.n < 2:
-            raise DelitError(f"--n {args.n}: must be >= 2")
-        cache = LatentCache(args.cache)
-        n = min(args.n, len(cache))
-        if n < 2:
-            raise DelitError(f"{args.cache}: holds {n} samples, 2 or more needed")
-        env = torch.from_numpy(cache.read("env", np.arange(n))).float()
+        cache, index = first_samples(args.cache, args.n)
+        env = torch.from_numpy(cache.read("env", index)).float()
+        n = len(index)
     except DelitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

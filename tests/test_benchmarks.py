@@ -251,6 +251,7 @@ def test_light_split_table(tmp_path):
         "true map's brightest light",
         "true map's first moment",
         "shipped",
+        "shipped, first moment",
         "mean env map (shipped)",
     }
     for row in rows:
@@ -287,6 +288,28 @@ def test_light_split_table(tmp_path):
     groups = {"all": np.ones(2, bool)}
     (row,) = ls.rows_for("x", torch.cat([up, level]), torch.cat([level, level]), groups)
     assert row[-1] == "0.50" and row[3] == "45.0"  # one of two near the zenith; (90 + 0) / 2
+
+
+def test_sphere_proxy_table(tmp_path):
+    """Each guess (with --checkpoint, the heads' too) on both spheres, with the metric's mean
+    and the linear and tone-mapped renders' means; a bad --n is one error line."""
+    from delit_cache.models.heads import create_heads
+    from tests.test_train import make_random_cache
+
+    cache = make_random_cache(tmp_path / "c.zarr", n=4)
+    heads = create_heads(seed=0)
+    heads.save_pretrained(tmp_path / "heads")
+    script = [sys.executable, "benchmarks/sphere_proxy.py", "--cache", str(cache.path)]
+    text = _run([*script, "--checkpoint", str(tmp_path / "heads")])
+    _header_ok(text)
+    rows = _table(text)
+    assert len(rows) == 6 and {r["sphere"] for r in rows} == {"diffuse", "matte"}
+    assert {r["guess"] for r in rows} >= {"the mean map", f"heads {tmp_path / 'heads'}"}
+    for row in rows:
+        for col in ("metric mean (deg)", "linear renders (deg)", "x**(1/2.4) renders (deg)"):
+            assert 0.0 <= float(row[col]) <= 180.0
+    bad = subprocess.run([*script, "--n", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 1: must be >= 2"
 
 
 def test_nrmse_proxy_table(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from delit_cache.cache.store import LatentCache
-from delit_cache.lighting.envmap import angles_to_direction
+from delit_cache.lighting.envmap import angles_to_direction, resample_env
 from delit_cache.lighting.sphere_metrics import brightest_direction
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import create_heads
@@ -22,6 +22,7 @@ from delit_cache.train.losses import (
     env_nrmse_loss,
     loss_targets,
     nrmse_view,
+    render_loss_spheres,
     soft_light_direction,
 )
 from tests.test_train import make_random_cache
@@ -86,6 +87,22 @@ def test_soft_light_direction_finds_the_sun():
         assert math.degrees(math.acos(float((soft @ hard).clamp(-1, 1)))) < 6.0
 
 
+def test_soft_light_direction_follows_the_brightest_light_as_sharpness_grows():
+    """A wide dim source holds most of the light, a small bright one the brightest pixels:
+    at sharpness 1 the soft direction is the light's mass (near the wide source), at 16 it
+    is the brightest light that the metric scores (``brightest_direction``)."""
+    env = torch.full((3, 128, 256), 0.05)
+    env[:, 40:90, 20:90] = 3.0  # wide source, left of the panorama centre
+    env[:, 50:53, 190:193] = 40.0  # small bright lamp on the right
+    env = env[None]
+    hard = brightest_direction(env)[0]
+    angle = {
+        s: math.degrees(math.acos(float((soft_light_direction(env, s)[0] @ hard).clamp(-1, 1))))
+        for s in (1.0, 16.0)
+    }
+    assert angle[1.0] > 60.0 and angle[16.0] < 5.0
+
+
 def test_light_direction_loss_is_differentiable_and_orders_predictions():
     cfg = _cfg(light_dir_weight=1.0)
     target = loss_targets(_sun_env(1.0, 0.5)[None], cfg)["light_dir"]
@@ -125,6 +142,43 @@ def test_env_nrmse_loss_tracks_the_mirror_sphere_nrmse():
         metric.append(float(sphere_errors(env, true)["mirror_nrmse"].mean()))
     assert losses[0] < 0.01 and metric[0] < 0.01
     assert np.argsort(losses).tolist() == np.argsort(metric).tolist() == [0, 1, 3, 2]
+
+
+def test_tonemapped_sphere_loss_tracks_the_angular_metric():
+    """With ``sphere_tonemap`` the loss renders the spheres from ``x ** (1/2.4)``, as the
+    protocol does, and its colour angle follows the metric's diffuse angular error; from
+    linear radiance a bright coloured source dominates the colour and the angle does not."""
+    import torch.nn.functional as F
+
+    from delit_cache.lighting.sphere_metrics import sphere_errors
+
+    g = torch.Generator().manual_seed(2)
+    sky = torch.linspace(2.0, 0.2, 128)[:, None]
+    true = torch.stack([_sun_env(0.5 + 0.4 * i, -2.0 + 1.3 * i) for i in range(4)]) * sky
+    true = true * (0.5 + torch.rand(4, 3, 1, 1, generator=g))  # coloured skies and suns
+    guess = true.roll(1, 0)
+    metric = sphere_errors(guess, true)["diffuse_angular_deg"]
+    angles = {}
+    for tonemap in (False, True):
+        rp, rg = (render_loss_spheres(e, 32, (32, 64), tonemap)[:, :, 0] for e in (guess, true))
+        cos = (F.normalize(rp, dim=1) * F.normalize(rg, dim=1)).sum(1).clamp(-1, 1)
+        angles[tonemap] = torch.rad2deg(torch.acos(cos)).mean(-1)
+    torch.testing.assert_close(angles[True], metric, rtol=0.1, atol=0.2)
+    assert float((angles[False] - metric).abs().max()) > 1.0
+    # the option changes the targets and the loss, and the loss still trains the env path
+    cfg = _cfg(sphere_tonemap=True)
+    size, env_size = cfg.sphere_size, cfg.sphere_env_size
+    targets = loss_targets(true, cfg)["spheres"]
+    toned = resample_env(true, env_size) ** (1 / 2.4)
+    torch.testing.assert_close(targets, render_loss_spheres(toned, size, env_size))
+    assert not torch.allclose(targets, loss_targets(true, _cfg())["spheres"])
+    heads = create_heads(cfg.heads_config(), seed=0)
+    out = heads(torch.randn(4, 16, 4, 4, generator=g))
+    flat = torch.randn(4, 16, 4, 4, generator=g)
+    losses = compute_losses(out, {"flat_latent": flat, "env": true}, cfg)
+    losses["total"].backward()
+    grad = heads.env_decoder.coarse.weight.grad
+    assert torch.isfinite(losses["sphere_colour"]) and grad.abs().sum() > 0
 
 
 def test_env_nrmse_view_stays_bounded_on_a_flat_map_with_a_small_sun():

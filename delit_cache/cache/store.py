@@ -509,3 +509,15 @@ class LatentCache:
         """Bytes the valid rows of ``names`` take in memory as float32."""
         per_row = sum(4 * math.prod(self.group[n].shape[1:]) for n in names)
         return per_row * len(self)
+
+
+def first_samples(path: str | Path, n: int, minimum: int = 2) -> tuple[LatentCache, np.ndarray]:
+    """A benchmark's samples: the cache at ``path`` and the indices of its first ``n`` rows;
+    ``DelitError`` when ``n`` or the cache gives fewer than ``minimum``."""
+    if n < minimum:
+        raise DelitError(f"--n {n}: must be >= {minimum}")
+    cache = LatentCache(path)
+    n = min(n, len(cache))
+    if n < minimum:
+        raise DelitError(f"{path}: holds {n} samples, {minimum} or more needed")
+    return cache, np.arange(n)

@@ -7,7 +7,8 @@
   ``env_log_weight`` times;
 * spheres: the diffuse and matte-silver spheres of ``decode_env(pred)`` vs of the target HDR
   (``render.sphere_operators``: one matrix product each), L1 between ``log1p`` radiances
-  inside the disc;
+  inside the disc; with ``sphere_tonemap`` both maps are first raised to ``1/2.4``, as the
+  evaluation protocol tone-maps every map before it renders the spheres it scores;
 * env nRMSE: the mirror sphere's nRMSE taken on the maps themselves (a mirror ball covers
   every direction with equal area per solid angle, so a solid-angle-weighted RMSE over the
   map is its RMSE over the ball).
@@ -98,23 +99,37 @@ def _sphere_ops(size: int, env_size: tuple[int, int], device: str) -> torch.Tens
     return sphere_operators(size, env_size, device=device)[0]
 
 
+def protocol_power(env_hdr: torch.Tensor) -> torch.Tensor:
+    """``x ** (1/2.4)``: the evaluation protocol's tone curve without its per-map scale (the
+    scores it feeds are scale-invariant or normalise the scale away); the floor keeps the
+    gradient finite at 0."""
+    return env_hdr.float().clamp_min(1e-6) ** (1.0 / 2.4)
+
+
 def render_loss_spheres(
-    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
+    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int], tonemap: bool = False
 ) -> torch.Tensor:
     """Diffuse and matte spheres of linear env maps ``[B,3,H,W]``, area-resampled to
-    ``env_size`` first -> ``[B,3,2,M]`` (the ``M`` pixels inside the disc); differentiable."""
+    ``env_size`` first (and, with ``tonemap``, then put through ``protocol_power``) ->
+    ``[B,3,2,M]`` (the ``M`` pixels inside the disc); differentiable."""
     env = resample_env(env_hdr.float(), tuple(env_size))
+    if tonemap:
+        env = protocol_power(env)
     ops = _sphere_ops(size, tuple(env_size), str(env.device))
     return torch.einsum("bcp,kpm->bckm", env.flatten(2), ops)
 
 
 def sphere_losses(
-    pred_hdr: torch.Tensor, target: torch.Tensor, size: int, env_size: tuple[int, int]
+    pred_hdr: torch.Tensor,
+    target: torch.Tensor,
+    size: int,
+    env_size: tuple[int, int],
+    tonemap: bool = False,
 ) -> dict[str, torch.Tensor]:
     """L1 in log1p space between the spheres of the predicted linear env maps ``pred_hdr``
-    and the target spheres ``target`` (``render_loss_spheres`` of the target env maps; the
-    diffuse and matte spheres only see low frequencies)."""
-    pred = render_loss_spheres(pred_hdr, size, env_size)
+    and the target spheres ``target`` (``render_loss_spheres`` of the target env maps, with
+    the same ``tonemap``; the diffuse and matte spheres only see low frequencies)."""
+    pred = render_loss_spheres(pred_hdr, size, env_size, tonemap)
     diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
     # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
     unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
@@ -129,8 +144,7 @@ def nrmse_view(env_hdr: torch.Tensor, size: tuple[int, int] = NRMSE_VIEW_SIZE) -
     each map's own 0.1/99.9 percentiles to 0 and 1 -> ``[B,3,h,w]``; differentiable. The
     percentiles' span is floored at 5 % of the map's range, below that of real maps
     (``benchmarks/nrmse_proxy.py`` prints it), so a flat map with a small sun stays bounded."""
-    env = resample_env(env_hdr.float(), tuple(size))
-    power = env.clamp_min(1e-6) ** (1.0 / 2.4)  # the floor keeps the gradient finite at 0
+    power = protocol_power(resample_env(env_hdr.float(), tuple(size)))
     b, c, h, w = power.shape
     return percentile_normalise(power.flatten(2), min_span=0.05).view(b, c, h, w)
 
@@ -161,7 +175,9 @@ def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Ten
     env_hdr = env_hdr.float()
     targets = {"env_code": encode_env(env_hdr)}
     if uses_spheres(cfg):
-        targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+        targets["spheres"] = render_loss_spheres(
+            env_hdr, cfg.sphere_size, cfg.sphere_env_size, cfg.sphere_tonemap
+        )
     if cfg.light_dir_weight > 0 or cfg.light_head_weight > 0:
         targets["light_dir"] = brightest_direction(env_hdr)
     if cfg.env_nrmse_weight > 0:
@@ -204,7 +220,9 @@ def compute_losses(
     if uses_spheres(cfg) or cfg.light_dir_weight > 0 or cfg.env_nrmse_weight > 0:
         pred_hdr = decode_env(code_pred)  # once, for the terms that score the linear map
     if uses_spheres(cfg):
-        spheres = sphere_losses(pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
+        spheres = sphere_losses(
+            pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size, cfg.sphere_tonemap
+        )
         for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
