@@ -1,11 +1,12 @@
 """How well the sphere losses' renders track the sphere angular-error metrics, with and
-without the evaluation protocol's tone curve (``TrainConfig.sphere_tonemap``).
+without the evaluation protocol's tone curve.
 
 The env maps of a latent cache (the first ``--n``) are "predicted" by another sample's map,
 by the mean map and, with ``--checkpoint``, by those heads from the cached latents. For each
 guess the table gives the mean per-pixel RGB angle between the guess's and the true map's
 diffuse and matte spheres as the training loss renders them (``losses.render_loss_spheres``
-at 32 px from 32 x 64 maps), once from linear radiance and once from ``x ** (1/2.4)``, beside
+at 32 px from 32 x 64 maps), once from linear radiance and once from ``x ** (1/2.4)`` of the
+resampled maps (``losses.protocol_power``), beside
 the metric (``sphere_errors``: the protocol's tone map, then 128 px spheres) and the
 per-image correlation of each with it.
 
@@ -26,19 +27,25 @@ import torch.nn.functional as F
 from delit_cache.cache.store import first_samples
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.envmap import resample_env
 from delit_cache.lighting.sphere_metrics import sphere_errors
-from delit_cache.train.losses import render_loss_spheres
+from delit_cache.train.losses import protocol_power, render_loss_spheres
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
 
 SPHERES = ("diffuse", "matte")  # render_loss_spheres' order
+LOSS_ENV_SIZE = (32, 64)  # TrainConfig.sphere_env_size's default
 
 
 def loss_angles(pred: torch.Tensor, gt: torch.Tensor, tonemap: bool) -> torch.Tensor:
     """Mean per-pixel RGB angle (degrees) between the loss renders of two batches of env
     maps -> ``[B,2]`` (diffuse, matte)."""
-    rp = render_loss_spheres(pred, 32, (32, 64), tonemap)
-    rg = render_loss_spheres(gt, 32, (32, 64), tonemap)
+
+    def render(env):
+        env = resample_env(env.float(), LOSS_ENV_SIZE)
+        return render_loss_spheres(protocol_power(env) if tonemap else env, 32, LOSS_ENV_SIZE)
+
+    rp, rg = render(pred), render(gt)
     cos = (F.normalize(rp, dim=1, eps=1e-12) * F.normalize(rg, dim=1, eps=1e-12)).sum(1)
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))).mean(-1)
 

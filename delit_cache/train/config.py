@@ -56,8 +56,6 @@ class TrainConfig:
     sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
-    sphere_tonemap: bool = False  # sphere terms on renders of x**(1/2.4), the evaluation
-    # protocol's tone curve (the maps it scores), instead of on renders of linear radiance
     light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
     env_nrmse_weight: float = 0.0  # weight of the RMSE of percentile-normalised x**(1/2.4) env
     # maps at 64x128, solid-angle weighted (what the mirror sphere's nRMSE scores)

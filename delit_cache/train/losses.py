@@ -7,8 +7,7 @@
   ``env_log_weight`` times;
 * spheres: the diffuse and matte-silver spheres of ``decode_env(pred)`` vs of the target HDR
   (``render.sphere_operators``: one matrix product each), L1 between ``log1p`` radiances
-  inside the disc; with ``sphere_tonemap`` both maps are first raised to ``1/2.4``, as the
-  evaluation protocol tone-maps every map before it renders the spheres it scores;
+  inside the disc;
 * env nRMSE: the mirror sphere's nRMSE taken on the maps themselves (a mirror ball covers
   every direction with equal area per solid angle, so a solid-angle-weighted RMSE over the
   map is its RMSE over the ball).
@@ -107,29 +106,22 @@ def protocol_power(env_hdr: torch.Tensor) -> torch.Tensor:
 
 
 def render_loss_spheres(
-    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int], tonemap: bool = False
+    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
 ) -> torch.Tensor:
     """Diffuse and matte spheres of linear env maps ``[B,3,H,W]``, area-resampled to
-    ``env_size`` first (and, with ``tonemap``, then put through ``protocol_power``) ->
-    ``[B,3,2,M]`` (the ``M`` pixels inside the disc); differentiable."""
+    ``env_size`` first -> ``[B,3,2,M]`` (the ``M`` pixels inside the disc); differentiable."""
     env = resample_env(env_hdr.float(), tuple(env_size))
-    if tonemap:
-        env = protocol_power(env)
     ops = _sphere_ops(size, tuple(env_size), str(env.device))
     return torch.einsum("bcp,kpm->bckm", env.flatten(2), ops)
 
 
 def sphere_losses(
-    pred_hdr: torch.Tensor,
-    target: torch.Tensor,
-    size: int,
-    env_size: tuple[int, int],
-    tonemap: bool = False,
+    pred_hdr: torch.Tensor, target: torch.Tensor, size: int, env_size: tuple[int, int]
 ) -> dict[str, torch.Tensor]:
     """L1 in log1p space between the spheres of the predicted linear env maps ``pred_hdr``
-    and the target spheres ``target`` (``render_loss_spheres`` of the target env maps, with
-    the same ``tonemap``; the diffuse and matte spheres only see low frequencies)."""
-    pred = render_loss_spheres(pred_hdr, size, env_size, tonemap)
+    and the target spheres ``target`` (``render_loss_spheres`` of the target env maps; the
+    diffuse and matte spheres only see low frequencies)."""
+    pred = render_loss_spheres(pred_hdr, size, env_size)
     diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
     # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
     unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
@@ -175,9 +167,7 @@ def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Ten
     env_hdr = env_hdr.float()
     targets = {"env_code": encode_env(env_hdr)}
     if uses_spheres(cfg):
-        targets["spheres"] = render_loss_spheres(
-            env_hdr, cfg.sphere_size, cfg.sphere_env_size, cfg.sphere_tonemap
-        )
+        targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
     if cfg.light_dir_weight > 0 or cfg.light_head_weight > 0:
         targets["light_dir"] = brightest_direction(env_hdr)
     if cfg.env_nrmse_weight > 0:
@@ -220,9 +210,7 @@ def compute_losses(
     if uses_spheres(cfg) or cfg.light_dir_weight > 0 or cfg.env_nrmse_weight > 0:
         pred_hdr = decode_env(code_pred)  # once, for the terms that score the linear map
     if uses_spheres(cfg):
-        spheres = sphere_losses(
-            pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size, cfg.sphere_tonemap
-        )
+        spheres = sphere_losses(pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
         for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
