@@ -328,3 +328,23 @@ def test_nrmse_proxy_table(tmp_path):
         assert 0.0 <= float(row["proxy mean"]) and 0.0 <= float(row["metric mean"])
     bad = subprocess.run([*script, "--n", "1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 1: must be >= 2"
+
+
+def test_train_memory_table(tmp_path):
+    """One row: the estimate equals what is held, the peak is at least that; a missing
+    config is one error line."""
+    from tests.test_train import make_random_cache
+
+    cache = make_random_cache(tmp_path / "c.zarr", n=5)
+    script = [sys.executable, "benchmarks/train_memory.py", "--cache", str(cache.path)]
+    text = _run([*script, "--config", "tiny"])
+    _header_ok(text)
+    (row,) = _table(text)
+    assert row["samples"] == "5" and row["estimate (MiB)"] == row["held (MiB)"]
+    assert float(row["peak RSS (MiB)"]) >= float(row["held (MiB)"]) > 0.0
+    bad = subprocess.run(
+        [*script, "--config", str(tmp_path / "none.yaml")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    )

@@ -77,6 +77,35 @@ def test_cache_data_computes_targets_at_load_and_drops_env(tmp_path):
     torch.testing.assert_close(a["env_code"][:1], loss_targets(env, cfg)["env_code"])
 
 
+def test_cache_data_loads_in_chunks_and_says_what_it_holds(tmp_path, monkeypatch):
+    """Loading chunk by chunk gives the arrays a single read gives; ``in_memory_bytes`` is
+    what the arrays take (targets included, which outweigh the env maps); "auto" keeps the
+    data on disk when that is over ``memory_fraction`` of the memory available."""
+    from delit_cache.train import batches
+
+    cache = LatentCache(make_random_cache(tmp_path / "c.zarr", n=7).path)
+    cfg = _cfg(env_nrmse_weight=0.5)
+    fn = lambda env: loss_targets(env, cfg)  # noqa: E731
+    idx = np.arange(7)
+    whole = batches._read(cache, idx, fn, keep_env=False)
+    chunked = batches._load(cache, idx, fn, keep_env=False, chunk=3)
+    assert set(chunked) == set(whole) >= {"env_code", "env_nrmse_view", "spheres"}
+    for name in whole:
+        torch.testing.assert_close(chunked[name], whole[name])  # BLAS sums per batch size
+    empty = batches._load(cache, idx[:0], fn, keep_env=False)  # an empty validation split
+    assert all(len(t) == 0 for t in empty.values())
+    held = sum(t.numel() * t.element_size() for t in chunked.values())
+    assert batches.in_memory_bytes(cache, 7, fn, keep_env=False) == held
+    env_bytes = 7 * 4 * 3 * 128 * 256
+    assert batches.in_memory_bytes(cache, 7, fn, keep_env=True) == held + env_bytes
+    assert held > env_bytes  # the targets outweigh the env maps they replace
+    monkeypatch.setattr(batches, "available_memory", lambda: 4 * held)
+    auto = load_config("tiny", {"in_memory": "auto", "memory_fraction": 0.5})
+    assert batches.decide_in_memory(auto, held) and not batches.decide_in_memory(auto, 3 * held)
+    forced = load_config("tiny", {"in_memory": "yes"})
+    assert batches.decide_in_memory(forced, 3 * held)
+
+
 def test_soft_light_direction_finds_the_sun():
     for theta, phi in [(0.6, 0.3), (1.4, -2.0), (2.2, 2.9)]:
         env = _sun_env(theta, phi)[None]

@@ -505,11 +505,6 @@ class LatentCache:
         std = np.maximum(std, 1e-4 * max(1.0, float(np.abs(mean).max())))
         return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
 
-    def nbytes(self, names: Sequence[str] = DATA_ARRAYS) -> int:
-        """Bytes the valid rows of ``names`` take in memory as float32."""
-        per_row = sum(4 * math.prod(self.group[n].shape[1:]) for n in names)
-        return per_row * len(self)
-
 
 def first_samples(path: str | Path, n: int, minimum: int = 2) -> tuple[LatentCache, np.ndarray]:
     """A benchmark's samples: the cache at ``path`` and the indices of its first ``n`` rows;

@@ -55,12 +55,7 @@ class CacheData:
         self.keep_env = keep_env or targets is None
         self.arrays: dict[str, torch.Tensor] | None = None
         if in_memory:
-            arrays = {n: torch.from_numpy(cache.read(n, self.indices)) for n in DATA_ARRAYS}
-            if targets is not None:
-                arrays |= _in_chunks(targets, arrays["env"])
-                if not self.keep_env:
-                    del arrays["env"]
-            self.arrays = arrays
+            self.arrays = _load(cache, self.indices, targets, self.keep_env)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -71,28 +66,70 @@ class CacheData:
         if self.arrays is not None:
             data = {n: a.index_select(0, pos) for n, a in self.arrays.items()}
             return {n: t.to(device, non_blocking=True) for n, t in data.items()}
-        idx = self.indices[pos.numpy()]
-        data = {n: torch.from_numpy(self.cache.read(n, idx)) for n in DATA_ARRAYS}
+        return _read(self.cache, self.indices[pos.numpy()], self.targets, self.keep_env, device)
+
+
+def _read(
+    cache: LatentCache,
+    idx: np.ndarray,
+    targets: TargetFn | None,
+    keep_env: bool,
+    device: torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Samples ``idx`` of ``cache`` as tensors on ``device`` (None: the CPU), with their loss
+    targets computed there."""
+    data = {n: torch.from_numpy(cache.read(n, idx)) for n in DATA_ARRAYS}
+    if device is not None:
         data = {n: t.to(device, non_blocking=True) for n, t in data.items()}
-        if self.targets is not None:
-            data |= self.targets(data["env"])
-            if not self.keep_env:
-                del data["env"]
-        return data
+    if targets is not None:
+        data |= targets(data["env"])
+        if not keep_env:
+            del data["env"]
+    return data
 
 
-def _in_chunks(fn: TargetFn, env: torch.Tensor, chunk: int = 256) -> dict[str, torch.Tensor]:
-    """``fn`` over ``env`` in chunks of samples, concatenated."""
-    parts = [fn(env[i : i + chunk]) for i in range(0, len(env), chunk)]
-    return {n: torch.cat([p[n] for p in parts]) for n in parts[0]} if parts else {}
+def _load(
+    cache: LatentCache,
+    indices: np.ndarray,
+    targets: TargetFn | None,
+    keep_env: bool,
+    chunk: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Samples ``indices`` in memory, read and given their targets ``chunk`` samples at a
+    time into arrays allocated once: beyond what is kept, at most one chunk is held (reading
+    the whole env array first held it, its targets and their copies at once)."""
+    if len(indices) == 0:  # no targets of nothing (an empty validation split)
+        return {n: torch.from_numpy(cache.read(n, indices)) for n in DATA_ARRAYS}
+    first = _read(cache, indices[:chunk], targets, keep_env)
+    arrays = {n: t.new_empty((len(indices), *t.shape[1:])) for n, t in first.items()}
+    for start in range(0, len(indices), chunk):
+        part = (
+            first if start == 0 else _read(cache, indices[start : start + chunk], targets, keep_env)
+        )
+        for n, t in part.items():
+            arrays[n][start : start + len(t)] = t
+    return arrays
 
 
-def decide_in_memory(cache: LatentCache, cfg: TrainConfig) -> bool:
-    """Whether to load the cache into memory (``in_memory`` auto/yes/no)."""
+def in_memory_bytes(
+    cache: LatentCache, n: int, targets: TargetFn | None = None, keep_env: bool = True
+) -> int:
+    """Bytes that ``n`` samples of ``cache`` take in memory as ``CacheData`` holds them: the
+    latents, the loss targets (measured on one sample) and the env maps when kept."""
+    if len(cache) == 0 or n == 0:
+        return 0
+    one = _read(cache, np.zeros(1, dtype=np.int64), targets, keep_env)
+    return n * sum(t.element_size() * t[0].numel() for t in one.values())
+
+
+def decide_in_memory(cfg: TrainConfig, needed: int) -> bool:
+    """Whether to hold the training data in memory (``in_memory`` auto/yes/no): "auto" when
+    its ``needed`` bytes (``in_memory_bytes``) are less than ``memory_fraction`` of the memory
+    available."""
     if cfg.in_memory != "auto":
         return cfg.in_memory == "yes"
     free = available_memory()
-    return free == 0 or cache.nbytes() < cfg.memory_fraction * free
+    return free == 0 or needed < cfg.memory_fraction * free
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from delit_cache.cache.store import LatentCache
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads
-from delit_cache.train.batches import CacheData, Schedule, decide_in_memory
+from delit_cache.train.batches import CacheData, Schedule, decide_in_memory, in_memory_bytes
 from delit_cache.train.checkpointing import (
     is_checkpoint_step,
     restore_training_state,
@@ -128,8 +128,10 @@ class Trainer:
         self.train_idx, self.val_idx = self.cache.split(self.cfg.val_fraction, self.cfg.seed)
         if self.cfg.max_samples > 0:
             self.train_idx = self.train_idx[: self.cfg.max_samples]
-        in_memory = decide_in_memory(self.cache, self.cfg)
         targets = functools.partial(loss_targets, cfg=self.cfg)
+        needed = in_memory_bytes(self.cache, len(self.train_idx), targets, keep_env=False)
+        needed += in_memory_bytes(self.cache, len(self.val_idx), targets, keep_env=True)
+        in_memory = decide_in_memory(self.cfg, needed)
         self.train_data = CacheData(self.cache, self.train_idx, in_memory, targets, False)
         self.val_data = CacheData(self.cache, self.val_idx, in_memory, targets)
         self.schedule = Schedule(
