@@ -17,8 +17,9 @@
 # (`--p-other-background 1`): for those, the face is the only view of the light. And
 # train_bg4.zarr, stage 8's: train_bg.zarr plus 2000 more such portraits (seeds 107, 108).
 # And train_new.zarr, stage 9's: 4000 portraits of new faces (seeds 110-113), half of them with
-# another env map behind them (`--p-other-background 0.5`). Last, 384 more held-out portraits
-# (seed 8, val_heldout8) for the light direction (benchmarks/light_split.py).
+# another env map behind them (`--p-other-background 0.5`); train_more.zarr, stage 10's: those
+# and 4000 more (seeds 114-117). Last, 384 more held-out portraits (seed 8, val_heldout8) for
+# the light direction (benchmarks/light_split.py).
 set -euo pipefail
 work=${1:?usage: $0 WORKDIR [CHUNKS]}
 chunks=${2:-5}
@@ -62,6 +63,13 @@ for s in 110 111 112 113; do
     [ -f "train_$s/shard-000000.tar" ] || delit synth --out "train_$s" --n 1000 --size 256 --seed "$s" \
         --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
     delit encode --vae demo --data "train_$s" --out train_new.zarr --size 256 --batch-size 8 \
+        --compile --no-progress
+done
+copy_cache train_new.zarr train_more.zarr
+for s in 114 115 116 117; do
+    [ -f "train_$s/shard-000000.tar" ] || delit synth --out "train_$s" --n 1000 --size 256 --seed "$s" \
+        --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
+    delit encode --vae demo --data "train_$s" --out train_more.zarr --size 256 --batch-size 8 \
         --compile --no-progress
 done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
