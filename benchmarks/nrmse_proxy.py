@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from delit_cache.cache.store import first_samples
 from delit_cache.lighting.envmap import resample_env
 from delit_cache.lighting.sphere_metrics import sphere_errors
-from delit_cache.train.losses import env_nrmse, nrmse_view
+from delit_cache.train.losses import env_nrmse, nrmse_view, protocol_power
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
 
@@ -43,7 +43,7 @@ def guesses(env: torch.Tensor) -> dict[str, torch.Tensor]:
 def smallest_span_ratio(env: torch.Tensor) -> float:
     """min over maps of (99.9th - 0.1st percentile) / (max - 0.1st percentile), as
     ``nrmse_view`` sees the maps before its normalisation."""
-    power = (resample_env(env, (64, 128)).clamp_min(1e-6) ** (1.0 / 2.4)).flatten(1)
+    power = protocol_power(resample_env(env, (64, 128))).flatten(1)
     q = torch.quantile(power, torch.tensor([0.001, 0.999]), dim=1)
     return float(((q[1] - q[0]) / (power.amax(1) - q[0]).clamp_min(1e-12)).min())
 

@@ -100,12 +100,11 @@ def _load(
     the whole env array first held it, its targets and their copies at once)."""
     if len(indices) == 0:  # no targets of nothing (an empty validation split)
         return {n: torch.from_numpy(cache.read(n, indices)) for n in DATA_ARRAYS}
-    first = _read(cache, indices[:chunk], targets, keep_env)
-    arrays = {n: t.new_empty((len(indices), *t.shape[1:])) for n, t in first.items()}
+    arrays: dict[str, torch.Tensor] = {}
     for start in range(0, len(indices), chunk):
-        part = (
-            first if start == 0 else _read(cache, indices[start : start + chunk], targets, keep_env)
-        )
+        part = _read(cache, indices[start : start + chunk], targets, keep_env)
+        if not arrays:  # allocated once, from the first chunk's shapes
+            arrays = {n: t.new_empty((len(indices), *t.shape[1:])) for n, t in part.items()}
         for n, t in part.items():
             arrays[n][start : start + len(t)] = t
     return arrays
