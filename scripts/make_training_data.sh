@@ -59,19 +59,15 @@ for s in 107 108; do
     delit encode --vae demo --data "train_bg_$s" --out train_bg4.zarr --size 256 --batch-size 8 \
         --compile --no-progress
 done
-for s in 110 111 112 113; do
-    [ -f "train_$s/shard-000000.tar" ] || delit synth --out "train_$s" --n 1000 --size 256 --seed "$s" \
-        --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
-    delit encode --vae demo --data "train_$s" --out train_new.zarr --size 256 --batch-size 8 \
+new_faces() {  # 1000 portraits of seed $1, half with another background, appended to cache $2
+    [ -f "train_$1/shard-000000.tar" ] || delit synth --out "train_$1" --n 1000 --size 256 \
+        --seed "$1" --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
+    delit encode --vae demo --data "train_$1" --out "$2" --size 256 --batch-size 8 \
         --compile --no-progress
-done
+}
+for s in 110 111 112 113; do new_faces "$s" train_new.zarr; done
 copy_cache train_new.zarr train_more.zarr
-for s in 114 115 116 117; do
-    [ -f "train_$s/shard-000000.tar" ] || delit synth --out "train_$s" --n 1000 --size 256 --seed "$s" \
-        --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
-    delit encode --vae demo --data "train_$s" --out train_more.zarr --size 256 --batch-size 8 \
-        --compile --no-progress
-done
+for s in 114 115 116 117; do new_faces "$s" train_more.zarr; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \
