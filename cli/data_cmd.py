@@ -52,6 +52,12 @@ def synth_cmd(
         "--p-other-background",
         help="probability that the background shows another env map than the light's",
     ),
+    p_mirror: float = typer.Option(
+        0.0, "--p-mirror", help="probability of mirroring an HDRI left-right"
+    ),
+    max_tilt: float = typer.Option(
+        0.0, "--max-tilt", help="tilt HDRIs up or down by up to this many degrees (0-45)"
+    ),
 ) -> None:
     """Render synthetic portraits under HDRI and procedural lighting into shards."""
     from delit_cache.synth.writer import synth
@@ -71,6 +77,8 @@ def synth_cmd(
         exclude_hdris=names(exclude_hdris),
         p_hdri=p_hdri,
         p_other_background=p_other_background,
+        p_mirror=p_mirror,
+        max_tilt_deg=max_tilt,
     )
     typer.echo(f"wrote {n} samples in {len(shards)} shards to {out}")
 

@@ -15,10 +15,12 @@ from delit_cache.lighting.envmap import (
     env_energy,
     fixture_envs,
     load_env,
+    mirror_env,
     resample_env,
     rotate_env,
     scale_exposure,
     solid_angles,
+    tilt_env,
 )
 from delit_cache.utils.errors import DelitError
 
@@ -89,6 +91,44 @@ def test_rotate_env_moves_light_by_azimuth():
     assert torch.allclose(env_energy(half), env_energy(env))
     batched = rotate_env(env[None].repeat(2, 1, 1, 1), 45.0)
     assert batched.shape == (2, 3, 8, 16)
+
+
+def _peak_elevation_azimuth(env):
+    """(elevation, azimuth) in degrees of the brightest pixel of a ``[3,h,w]`` map."""
+    h, w = env.shape[-2:]
+    i, j = divmod(int(env.mean(0).argmax()), w)
+    x, y, z = direction_grid(h, w)[:, i, j].tolist()
+    return math.degrees(math.asin(y)), math.degrees(math.atan2(x, -z))
+
+
+def _lobe_env(elevation, azimuth):
+    d = direction_grid(64, 128)
+    e, a = math.radians(elevation), math.radians(azimuth)
+    centre = torch.tensor([math.cos(e) * math.sin(a), math.sin(e), -math.cos(e) * math.cos(a)])
+    lobe = torch.exp(300 * ((d * centre[:, None, None]).sum(0) - 1))
+    return (0.01 + lobe)[None].repeat(3, 1, 1)
+
+
+def test_mirror_env_negates_azimuth_exactly():
+    env = _lobe_env(20.0, 60.0)
+    el, az = _peak_elevation_azimuth(mirror_env(env))
+    assert abs(el - _peak_elevation_azimuth(env)[0]) < 1e-6 and abs(az + 60.0) < 3.0
+    assert torch.equal(mirror_env(mirror_env(env)), env)
+    assert torch.allclose(env_energy(mirror_env(env)), env_energy(env))
+
+
+@pytest.mark.parametrize(("tilt", "elevation"), [(15.0, 25.0), (-20.0, -10.0), (0.0, 10.0)])
+def test_tilt_env_raises_a_light_ahead_and_keeps_energy(tilt, elevation):
+    env = _lobe_env(10.0, 0.0)  # ahead of the camera, 10 degrees up
+    out = tilt_env(env, tilt)
+    el, az = _peak_elevation_azimuth(out)
+    assert abs(el - elevation) < 3.0 and abs(az) < 3.0
+    assert torch.allclose(env_energy(out), env_energy(env), rtol=0.01)
+    side = _lobe_env(0.0, 90.0)  # on the tilt axis (+x): stays where it is
+    assert abs(_peak_elevation_azimuth(tilt_env(side, 30.0))[1] - 90.0) < 3.0
+    assert tilt_env(env[None].repeat(2, 1, 1, 1), tilt).shape == (2, 3, 64, 128)
+    if tilt == 0.0:
+        assert torch.allclose(out, env, atol=1e-5)
 
 
 def test_scale_exposure():

@@ -186,6 +186,29 @@ def test_sample_env_draws_only_selected_hdris_and_records_mixes():
     assert 0 < mixes < 40 and 0 < tints < 40  # drawn with probabilities 0.35 and 0.5
 
 
+def test_hdri_mirror_and_tilt_are_drawn_and_recorded_and_off_by_default():
+    from delit_cache.synth.environments import LightingOptions, list_hdris, sample_env
+
+    hdris = list_hdris(None, include=["sunrise"])
+    plain = LightingOptions(p_hdri=1.0)
+    varied = LightingOptions(p_hdri=1.0, p_mirror=0.5, max_tilt_deg=20.0)
+    mirrored, tilts = 0, []
+    for i in range(30):
+        env, meta = sample_env(np.random.default_rng(i), hdris, varied)
+        assert torch.isfinite(env).all() and env.min() >= 0
+        mirrored += meta.get("env_mirror", False)
+        tilts.append(meta["env_tilt"])
+        base, base_meta = sample_env(np.random.default_rng(i), hdris, plain)
+        assert "env_mirror" not in base_meta and "env_tilt" not in base_meta
+        assert not torch.equal(env, base)
+    assert 0 < mirrored < 30 and max(abs(t) for t in tilts) <= 20.0 and len(set(tilts)) == 30
+    # at the defaults nothing extra is drawn: the stream after the HDRI is the older one's
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    sample_env(a, hdris, plain)
+    sample_env(b, hdris, LightingOptions(p_hdri=1.0, p_mirror=0.0, max_tilt_deg=0.0))
+    assert a.uniform() == b.uniform()
+
+
 def test_synth_lighting_options_are_validated(tmp_path):
     from delit_cache.synth.writer import synth
 
@@ -195,6 +218,11 @@ def test_synth_lighting_options_are_validated(tmp_path):
         synth(tmp_path / "b", n=1, size=32, exclude_hdris=["nope"], progress=False)
     with pytest.raises(DelitError, match="needs HDRIs"):
         synth(tmp_path / "c", n=1, size=32, hdri_dir=None, hdris=[], p_hdri=1.0, progress=False)
+    with pytest.raises(DelitError, match="p-mirror"):
+        synth(tmp_path / "d", n=1, size=32, p_mirror=-0.1, progress=False)
+    for tilt in (50.0, -1.0, float("nan")):
+        with pytest.raises(DelitError, match="max-tilt"):
+            synth(tmp_path / "e", n=1, size=32, max_tilt_deg=tilt, progress=False)
 
 
 def test_other_background_keeps_the_scene_and_changes_only_the_background(tmp_path):

@@ -165,6 +165,39 @@ def rotate_env(env: torch.Tensor, degrees: float) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
+def mirror_env(env: torch.Tensor) -> torch.Tensor:
+    """The lighting mirrored left-right (x -> -x): azimuth phi becomes -phi, exactly (the
+    pixel centres are symmetric about the map's centre column)."""
+    return torch.flip(env, dims=[-1])
+
+
+def tilt_env(env: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate the lighting by ``degrees`` about the camera's right axis (+x).
+
+    Positive ``degrees`` raise a light ahead of the camera (toward -z, behind the subject) by
+    that much and move light from straight up (+y) toward behind the camera (+z). Each output pixel
+    reads its source direction bilinearly (wrapping in azimuth), so a tilt of a few degrees
+    moves a sun's elevation and keeps its energy to within interpolation error.
+    """
+    x, squeeze = as_env_batch(env)
+    h, w = x.shape[-2:]
+    a = math.radians(float(degrees))
+    d = direction_grid(h, w, device=x.device, dtype=torch.float64)
+    # each output direction reads the source direction it came from (rotated back by -a)
+    c, s = math.cos(a), math.sin(a)
+    src = torch.stack([d[0], c * d[1] + s * d[2], c * d[2] - s * d[1]])
+    u, v = direction_to_uv(src)
+    # grid_sample on the map padded by one column each side (azimuth wraps)
+    padded = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+    gx = (u * w + 1.0) / (w + 2) * 2 - 1
+    gy = v * 2 - 1
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)[None].expand(x.shape[0], h, w, 2)
+    out = torch.nn.functional.grid_sample(
+        padded, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out[0] if squeeze else out
+
+
 def scale_exposure(env: torch.Tensor, stops: float) -> torch.Tensor:
     """Multiply radiance by ``2**stops`` (positive stops brighten)."""
     return env * (2.0 ** float(stops))

@@ -28,9 +28,11 @@ from delit_cache.lighting.envmap import (
     ENV_SIZE,
     direction_grid,
     load_env,
+    mirror_env,
     require_light,
     rotate_env,
     solid_angles,
+    tilt_env,
 )
 
 KINDS = ("sky", "overcast", "indoor", "studio", "neon", "key")
@@ -274,6 +276,12 @@ class LightingOptions:
     # shading on the subject is then the only view of the light (a model cannot learn the
     # lighting by recognising a training HDRI behind the person)
     p_other_background: float = 0.0
+    # real HDRIs only: probability of mirroring the map left-right, and the largest tilt
+    # (degrees, drawn uniformly either way, about the camera's right axis) that moves its
+    # sun or window up or down. Both make new light layouts from few HDRIs; at 0 (the
+    # defaults) no random number is drawn for them, so older recipes draw the same samples.
+    p_mirror: float = 0.0
+    max_tilt_deg: float = 0.0
 
 
 def _draw_kind(rng: np.random.Generator) -> str:
@@ -297,7 +305,7 @@ def sample_env(
     """Draw an env map ``[3,128,256]`` and its metadata.
 
     With probability ``options.p_hdri`` (if ``hdris`` is not empty) a real HDRI rotated by a
-    random angle and exposed by 2**U(-1, 1); otherwise a procedural kind drawn by
+    random angle and exposed by 2**U(-1, 1) (then, by ``options``, mirrored and tilted); otherwise a procedural kind drawn by
     ``KIND_WEIGHTS``. Then, each with its probability, a second procedural map mixed in at
     5-60 % of the first one's energy and a white-balance tint.
     """
@@ -307,6 +315,13 @@ def sample_env(
         gain = float(2.0 ** rng.uniform(-options.gain_stops, options.gain_stops))
         env = rotate_env(_load_hdri(str(path)), rot) * gain
         meta = {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3), "env_gain": gain}
+        if options.p_mirror > 0 and rng.uniform() < options.p_mirror:
+            env = mirror_env(env)
+            meta["env_mirror"] = True
+        if options.max_tilt_deg > 0:
+            tilt = float(rng.uniform(-options.max_tilt_deg, options.max_tilt_deg))
+            env = tilt_env(env, tilt).clamp_min(0.0)
+            meta["env_tilt"] = round(tilt, 3)
     else:
         kind = _draw_kind(rng)
         env = procedural_env(kind, rng)

@@ -76,6 +76,8 @@ def synth(
     exclude_hdris: Sequence[str] = (),
     p_hdri: float = 0.5,
     p_other_background: float = 0.0,
+    p_mirror: float = 0.0,
+    max_tilt_deg: float = 0.0,
 ) -> list[Path]:
     """Render ``n`` samples of ``size x size`` into ``out/shard-XXXXXX.tar``; return the shards.
 
@@ -84,7 +86,8 @@ def synth(
     ``hdris`` / ``exclude_hdris``: stems of that folder to use / to leave out (a held-out
     split); ``p_hdri``: probability that a sample is lit by an HDRI (1: HDRIs only);
     ``p_other_background``: probability that the background shows another env map than the
-    one lighting the subject (``LightingOptions``).
+    one lighting the subject; ``p_mirror`` / ``max_tilt_deg``: HDRIs mirrored left-right with
+    that probability / tilted by up to that many degrees (``LightingOptions``).
     Raises ``DelitError`` for bad arguments or an output folder that already holds shards.
     """
     if n < 1:
@@ -97,9 +100,16 @@ def synth(
         raise DelitError(f"--workers must be >= 1, got {workers}")
     if hdri_dir is not None and not Path(hdri_dir).is_dir():
         raise DelitError(f"{hdri_dir}: HDRI folder not found")
-    for flag, p in (("--p-hdri", p_hdri), ("--p-other-background", p_other_background)):
+    probabilities = (
+        ("--p-hdri", p_hdri),
+        ("--p-other-background", p_other_background),
+        ("--p-mirror", p_mirror),
+    )
+    for flag, p in probabilities:
         if not 0.0 <= p <= 1.0:  # also refuses NaN
             raise DelitError(f"{flag} must be in [0, 1], got {p}")
+    if not 0.0 <= max_tilt_deg <= 45.0:  # also refuses NaN
+        raise DelitError(f"--max-tilt must be in [0, 45] degrees, got {max_tilt_deg}")
     try:
         files = list_hdris(hdri_dir, hdris, exclude_hdris)
     except ValueError as exc:
@@ -108,7 +118,12 @@ def synth(
         raise DelitError(f"{hdri_dir or 'packaged HDRIs'}: no .exr or .hdr files selected")
     if p_hdri == 1.0 and not files:
         raise DelitError("--p-hdri 1 needs HDRIs, and none are selected")
-    lighting = LightingOptions(p_hdri=p_hdri, p_other_background=p_other_background)
+    lighting = LightingOptions(
+        p_hdri=p_hdri,
+        p_other_background=p_other_background,
+        p_mirror=p_mirror,
+        max_tilt_deg=max_tilt_deg,
+    )
     out = Path(out)
     ensure_no_shards(out)
     bar = progress_bar(total=n, desc="synth", unit="sample", enabled=progress)
