@@ -2,7 +2,10 @@
 without the evaluation protocol's tone curve.
 
 The env maps of a latent cache (the first ``--n``) are "predicted" by another sample's map,
-by the mean map and, with ``--checkpoint``, by those heads from the cached latents. For each
+by the mean map and, with ``--checkpoint``, by those heads from the cached latents; the mean
+map and the heads' maps also once more with the true map's overall colour (each channel
+scaled so that its share of the energy is the true map's: what is left of the angle is the
+colour's distribution over directions, not a white-balance error). For each
 guess the table gives the mean per-pixel RGB angle between the guess's and the true map's
 diffuse and matte spheres as the training loss renders them (``losses.render_loss_spheres``
 at 32 px from 32 x 64 maps), once from linear radiance and once from ``x ** (1/2.4)`` of the
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from delit_cache.cache.store import first_samples
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
-from delit_cache.lighting.envmap import resample_env
+from delit_cache.lighting.envmap import env_energy, resample_env
 from delit_cache.lighting.sphere_metrics import sphere_errors
 from delit_cache.train.losses import protocol_power, render_loss_spheres
 from delit_cache.utils.errors import DelitError
@@ -48,6 +51,14 @@ def loss_angles(pred: torch.Tensor, gt: torch.Tensor, tonemap: bool) -> torch.Te
     rp, rg = render(pred), render(gt)
     cos = (F.normalize(rp, dim=1, eps=1e-12) * F.normalize(rg, dim=1, eps=1e-12)).sum(1)
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))).mean(-1)
+
+
+def with_true_colour(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """``pred`` with each channel scaled so that its share of the total energy is ``gt``'s
+    (the luminance-free mean gain is 1)."""
+    gain = env_energy(gt) / env_energy(pred).clamp_min(1e-12)
+    gain = gain / gain.mean(1, keepdim=True)
+    return pred * gain[:, :, None, None]
 
 
 @torch.no_grad()
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             relit = torch.from_numpy(cache.read("relit_latent", index))
             guesses[f"heads {args.checkpoint}"] = predictions(args.checkpoint, relit)
+        for name in list(guesses)[1:]:
+            guesses[f"{name}, true overall colour"] = with_true_colour(guesses[name], env)
     except DelitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -303,13 +303,30 @@ def test_sphere_proxy_table(tmp_path):
     text = _run([*script, "--checkpoint", str(tmp_path / "heads")])
     _header_ok(text)
     rows = _table(text)
-    assert len(rows) == 6 and {r["sphere"] for r in rows} == {"diffuse", "matte"}
-    assert {r["guess"] for r in rows} >= {"the mean map", f"heads {tmp_path / 'heads'}"}
+    assert len(rows) == 10 and {r["sphere"] for r in rows} == {"diffuse", "matte"}
+    heads = f"heads {tmp_path / 'heads'}"
+    assert {r["guess"] for r in rows} >= {"the mean map", heads, f"{heads}, true overall colour"}
     for row in rows:
         for col in ("metric mean (deg)", "linear renders (deg)", "x**(1/2.4) renders (deg)"):
             assert 0.0 <= float(row[col]) <= 180.0
     bad = subprocess.run([*script, "--n", "1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --n 1: must be >= 2"
+
+
+def test_with_true_colour_takes_the_true_maps_channel_shares():
+    import torch
+
+    from benchmarks.sphere_proxy import with_true_colour
+    from delit_cache.lighting.envmap import env_energy
+
+    gen = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(2, 3, 8, 16, generator=gen), torch.rand(2, 3, 8, 16, generator=gen)
+    gt[1, 2] *= 3.0  # a blue light
+    fixed = with_true_colour(pred, gt)
+    share = env_energy(fixed) / env_energy(fixed).sum(1, keepdim=True)
+    assert torch.allclose(share, env_energy(gt) / env_energy(gt).sum(1, keepdim=True), atol=1e-5)
+    same = with_true_colour(gt, gt)
+    assert torch.allclose(same, gt, atol=1e-5)
 
 
 def test_nrmse_proxy_table(tmp_path):
