@@ -18,8 +18,11 @@
 # train_bg4.zarr, stage 8's: train_bg.zarr plus 2000 more such portraits (seeds 107, 108).
 # And train_new.zarr, stage 9's: 4000 portraits of new faces (seeds 110-113), half of them with
 # another env map behind them (`--p-other-background 0.5`); train_more.zarr, stage 10's: those
-# and 4000 more (seeds 114-117). Last, 384 more held-out portraits (seed 8, val_heldout8) for
-# the light direction (benchmarks/light_split.py).
+# and 4000 more (seeds 114-117); train_aug.zarr, stage 11's: 4000 more new faces (seeds
+# 118-121), half of them lit by a training HDRI (`--p-hdri 0.5`), which is mirrored left-right
+# half of the time and tilted by up to 20 degrees (`--p-mirror 0.5 --max-tilt 20`). Last,
+# 384 more held-out portraits (seed 8, val_heldout8) for the light direction
+# (benchmarks/light_split.py).
 set -euo pipefail
 work=${1:?usage: $0 WORKDIR [CHUNKS]}
 chunks=${2:-5}
@@ -60,14 +63,19 @@ for s in 107 108; do
         --compile --no-progress
 done
 new_faces() {  # 1000 portraits of seed $1, half with another background, appended to cache $2
+    # (further synth options: $3 ...)
     [ -f "train_$1/shard-000000.tar" ] || delit synth --out "train_$1" --n 1000 --size 256 \
-        --seed "$1" --workers 2 --exclude-hdris "$heldout" --p-hdri 0.3 --p-other-background 0.5
+        --seed "$1" --workers 2 --exclude-hdris "$heldout" --p-other-background 0.5 \
+        "${@:3}"
     delit encode --vae demo --data "train_$1" --out "$2" --size 256 --batch-size 8 \
         --compile --no-progress
 }
-for s in 110 111 112 113; do new_faces "$s" train_new.zarr; done
+for s in 110 111 112 113; do new_faces "$s" train_new.zarr --p-hdri 0.3; done
 copy_cache train_new.zarr train_more.zarr
-for s in 114 115 116 117; do new_faces "$s" train_more.zarr; done
+for s in 114 115 116 117; do new_faces "$s" train_more.zarr --p-hdri 0.3; done
+for s in 118 119 120 121; do
+    new_faces "$s" train_aug.zarr --p-hdri 0.5 --p-mirror 0.5 --max-tilt 20
+done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \
