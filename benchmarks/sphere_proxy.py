@@ -55,7 +55,7 @@ def loss_angles(pred: torch.Tensor, gt: torch.Tensor, tonemap: bool) -> torch.Te
 
 def with_true_colour(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """``pred`` with each channel scaled so that its share of the total energy is ``gt``'s
-    (the luminance-free mean gain is 1)."""
+    (the three channel gains average 1)."""
     gain = env_energy(gt) / env_energy(pred).clamp_min(1e-12)
     gain = gain / gain.mean(1, keepdim=True)
     return pred * gain[:, :, None, None]
