@@ -320,7 +320,7 @@ def sample_env(
             meta["env_mirror"] = True
         if options.max_tilt_deg > 0:
             tilt = float(rng.uniform(-options.max_tilt_deg, options.max_tilt_deg))
-            env = tilt_env(env, tilt).clamp_min(0.0)
+            env = tilt_env(env, tilt)
             meta["env_tilt"] = round(tilt, 3)
     else:
         kind = _draw_kind(rng)
