@@ -22,6 +22,8 @@ from delit_cache.lighting.envmap import (
     solid_angles,
     tilt_env,
 )
+from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
+from delit_cache.synth.environments import direction, lobe
 from delit_cache.utils.errors import DelitError
 
 
@@ -93,26 +95,25 @@ def test_rotate_env_moves_light_by_azimuth():
     assert batched.shape == (2, 3, 8, 16)
 
 
-def _peak_elevation_azimuth(env):
-    """(elevation, azimuth) in degrees of the brightest pixel of a ``[3,h,w]`` map."""
-    h, w = env.shape[-2:]
-    i, j = divmod(int(env.mean(0).argmax()), w)
-    x, y, z = direction_grid(h, w)[:, i, j].tolist()
-    return math.degrees(math.asin(y)), math.degrees(math.atan2(x, -z))
-
-
 def _lobe_env(elevation, azimuth):
-    d = direction_grid(64, 128)
-    e, a = math.radians(elevation), math.radians(azimuth)
-    centre = torch.tensor([math.cos(e) * math.sin(a), math.sin(e), -math.cos(e) * math.cos(a)])
-    lobe = torch.exp(300 * ((d * centre[:, None, None]).sum(0) - 1))
-    return (0.01 + lobe)[None].repeat(3, 1, 1)
+    """A small bright lobe at (elevation, azimuth) degrees over a dim floor, ``[3,64,128]``."""
+    return (0.01 + lobe(direction_grid(64, 128), direction(azimuth, elevation), 300.0)).repeat(
+        3, 1, 1
+    )
+
+
+def _off_by_deg(env, elevation, azimuth):
+    """Degrees between the brightest light of ``env`` and (elevation, azimuth)."""
+    found = brightest_direction(env)
+    return float(angle_between_deg(found, direction(azimuth, elevation)[None]))
 
 
 def test_mirror_env_negates_azimuth_exactly():
     env = _lobe_env(20.0, 60.0)
-    el, az = _peak_elevation_azimuth(mirror_env(env))
-    assert abs(el - _peak_elevation_azimuth(env)[0]) < 1e-6 and abs(az + 60.0) < 3.0
+    flip_x = torch.tensor([-1.0, 1.0, 1.0])
+    assert torch.allclose(brightest_direction(mirror_env(env)), brightest_direction(env) * flip_x,
+                          atol=1e-6)  # fmt: skip
+    assert _off_by_deg(mirror_env(env), 20.0, -60.0) < 2.0
     assert torch.equal(mirror_env(mirror_env(env)), env)
     assert torch.allclose(env_energy(mirror_env(env)), env_energy(env))
 
@@ -121,11 +122,10 @@ def test_mirror_env_negates_azimuth_exactly():
 def test_tilt_env_raises_a_light_ahead_and_keeps_energy(tilt, elevation):
     env = _lobe_env(10.0, 0.0)  # ahead of the camera, 10 degrees up
     out = tilt_env(env, tilt)
-    el, az = _peak_elevation_azimuth(out)
-    assert abs(el - elevation) < 3.0 and abs(az) < 3.0
+    assert _off_by_deg(out, elevation, 0.0) < 2.0
     assert torch.allclose(env_energy(out), env_energy(env), rtol=0.01)
     side = _lobe_env(0.0, 90.0)  # on the tilt axis (+x): stays where it is
-    assert abs(_peak_elevation_azimuth(tilt_env(side, 30.0))[1] - 90.0) < 3.0
+    assert _off_by_deg(tilt_env(side, 30.0), 0.0, 90.0) < 2.0
     assert tilt_env(env[None].repeat(2, 1, 1, 1), tilt).shape == (2, 3, 64, 128)
     if tilt == 0.0:
         assert torch.allclose(out, env, atol=1e-5)
