@@ -19,7 +19,7 @@
 # And train_new.zarr, stage 9's: 4000 portraits of new faces (seeds 110-113), half of them with
 # another env map behind them (`--p-other-background 0.5`); train_more.zarr, stage 10's: those
 # and 4000 more (seeds 114-117); train_plain.zarr, stage 11's: 4000 more new faces (seeds
-# 118-121, the same options). (The same faces lit by `--p-hdri 0.5 --p-mirror 0.5 --max-tilt
+# 118-121, the same options); train_fresh.zarr, stage 12's: 4000 more (seeds 122-125). (The same faces lit by `--p-hdri 0.5 --p-mirror 0.5 --max-tilt
 # 20`, mirrored and tilted training HDRIs, were measured and not kept: cpu-leave-hdri-out.md,
 # tenth session.) Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
@@ -75,6 +75,7 @@ for s in 110 111 112 113; do new_faces "$s" train_new.zarr --p-hdri 0.3; done
 copy_cache train_new.zarr train_more.zarr
 for s in 114 115 116 117; do new_faces "$s" train_more.zarr --p-hdri 0.3; done
 for s in 118 119 120 121; do new_faces "$s" train_plain.zarr --p-hdri 0.3; done
+for s in 122 123 124 125; do new_faces "$s" train_fresh.zarr --p-hdri 0.3; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \
