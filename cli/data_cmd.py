@@ -58,6 +58,12 @@ def synth_cmd(
     max_tilt: float = typer.Option(
         0.0, "--max-tilt", help="tilt HDRIs up or down by up to this many degrees (0-45)"
     ),
+    indoor_layout: str = typer.Option(
+        "ceiling",
+        "--indoor-layout",
+        help="procedural rooms: 'ceiling' (equal ceiling lamps 45-80 deg up) or 'one-source'"
+        " (one dominant lamp or window at any height)",
+    ),
 ) -> None:
     """Render synthetic portraits under HDRI and procedural lighting into shards."""
     from delit_cache.synth.writer import synth
@@ -79,6 +85,7 @@ def synth_cmd(
         p_other_background=p_other_background,
         p_mirror=p_mirror,
         max_tilt_deg=max_tilt,
+        indoor_layout=indoor_layout,
     )
     typer.echo(f"wrote {n} samples in {len(shards)} shards to {out}")
 

@@ -209,6 +209,43 @@ def test_hdri_mirror_and_tilt_are_drawn_and_recorded_and_off_by_default():
     assert a.uniform() == b.uniform()
 
 
+def test_one_source_rooms_put_the_light_at_any_height_and_keep_one_brightest():
+    from delit_cache.lighting.sphere_metrics import brightest_direction
+    from delit_cache.synth.environments import INDOOR_LAYOUTS
+
+    def brightest_elevations(layout):
+        envs = torch.stack([procedural_env("indoor", np.random.default_rng(i),
+                                           indoor_layout=layout) for i in range(60)])  # fmt: skip
+        return torch.rad2deg(torch.asin(brightest_direction(envs)[:, 1]))
+
+    ceiling, one = brightest_elevations("ceiling"), brightest_elevations("one-source")
+    # the first recipe's brightest light is a ceiling lamp 45-80 deg up unless the window wins;
+    # the one-source rooms also put it low (windows, floor lamps) and higher up
+    assert (ceiling < 30).float().mean() < 0.2 and (one < 30).float().mean() > 0.3
+    assert one.max() > 80 and one.min() < 10
+    with pytest.raises(ValueError, match="unknown indoor layout 'loft'"):
+        procedural_env("indoor", np.random.default_rng(0), indoor_layout="loft")
+    assert set(INDOOR_LAYOUTS) == {"ceiling", "one-source"}
+
+
+def test_indoor_layout_changes_only_indoor_maps():
+    from delit_cache.synth.environments import LightingOptions, sample_env
+
+    plain, rooms = (
+        LightingOptions(p_hdri=0.0),
+        LightingOptions(p_hdri=0.0, indoor_layout="one-source"),
+    )
+    changed = 0
+    for i in range(30):
+        a, meta = sample_env(np.random.default_rng(i), [], plain)
+        b, meta_b = sample_env(np.random.default_rng(i), [], rooms)
+        indoor = "indoor" in meta["env_source"] or "indoor" in meta.get("env_mix", "")
+        assert meta["env_source"] == meta_b["env_source"]
+        assert torch.equal(a, b) != indoor
+        changed += indoor
+    assert changed > 0
+
+
 def test_synth_lighting_options_are_validated(tmp_path):
     from delit_cache.synth.writer import synth
 
@@ -223,6 +260,11 @@ def test_synth_lighting_options_are_validated(tmp_path):
     for tilt in (50.0, -1.0, float("nan")):
         with pytest.raises(DelitError, match="max-tilt"):
             synth(tmp_path / "e", n=1, size=32, max_tilt_deg=tilt, progress=False)
+    with pytest.raises(DelitError, match="--indoor-layout must be one of ceiling, one-source"):
+        synth(tmp_path / "f", n=1, size=32, indoor_layout="loft", progress=False)
+    assert main(["synth", "--out", str(tmp_path / "g"), "--n", "1", "--size", "32",
+                 "--indoor-layout", "attic"]) == 2  # fmt: skip
+    assert not (tmp_path / "g").exists()
 
 
 def test_other_background_keeps_the_scene_and_changes_only_the_background(tmp_path):

@@ -2,7 +2,8 @@
 
 Procedural kinds (all ``[3,128,256]`` linear radiance in the project's equirectangular
 convention, see ``delit_cache.lighting.envmap``): ``sky`` (clear sky with a sun disc and lit ground),
-``overcast`` (CIE-like overcast sky), ``indoor`` (room with ceiling area lights and a window),
+``overcast`` (CIE-like overcast sky), ``indoor`` (room with ceiling area lights and a window; or,
+by ``LightingOptions.indoor_layout``, one dominant lamp or window),
 ``studio`` (dark studio with key, fill and rim soft boxes), ``neon`` (dark room with
 saturated coloured lights) and ``key`` (one dominant source anywhere on the sphere, from a
 soft box to a point-like lamp, over a dim coloured ambient). Small sources are normalised by
@@ -133,13 +134,18 @@ def _overcast(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
     return col[:, None, None] * rad[None]
 
 
-def _indoor(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
-    dirs, _ = _grid(h, w)
+def _walls(rng: np.random.Generator, dirs: torch.Tensor) -> torch.Tensor:
+    """A room's dim walls and darker floor -> ``[3,h,w]``."""
     wall = torch.tensor(rng.uniform(0.4, 0.9, 3), dtype=torch.float32) * float(
         rng.uniform(0.05, 0.2)
     )
     floor = wall * float(rng.uniform(0.3, 0.7))
-    env = torch.where((dirs[1] >= -0.2)[None], wall[:, None, None], floor[:, None, None]).clone()
+    return torch.where((dirs[1] >= -0.2)[None], wall[:, None, None], floor[:, None, None]).clone()
+
+
+def _indoor(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    dirs, _ = _grid(h, w)
+    env = _walls(rng, dirs)
     lamp = kelvin_rgb(float(rng.uniform(2700, 5000)))
     for _ in range(int(rng.integers(1, 4))):
         rect = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(45, 80), rng.uniform(6, 20),
@@ -153,6 +159,39 @@ def _indoor(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
             * float(rng.uniform(2, 8))
             * win
         )
+    return env
+
+
+def _room(rng: np.random.Generator, h: int, w: int) -> torch.Tensor:
+    """A room lit mostly by one source where rooms put one: a ceiling lamp at any height
+    above the horizon (20-85 deg), a window or a floor or desk lamp near the horizon; the
+    other lamps and windows are dimmer (10-50 % of its radiance), so the face shows which
+    one is the light."""
+    dirs, _ = _grid(h, w)
+    env = _walls(rng, dirs)
+    lamp = kelvin_rgb(float(rng.uniform(2700, 5000)))
+    daylight = kelvin_rgb(float(rng.uniform(6000, 9000)))
+    key = float(rng.uniform(4, 15))
+    source = str(rng.choice(["ceiling", "window", "floor"], p=[0.5, 0.35, 0.15]))
+    if source == "ceiling":
+        rect = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(20, 85), rng.uniform(6, 20),
+                         rng.uniform(3, 8))  # fmt: skip
+        env += lamp[:, None, None] * key * rect
+    elif source == "window":
+        rect = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(0, 30), rng.uniform(10, 30),
+                         rng.uniform(12, 25))  # fmt: skip
+        env += daylight[:, None, None] * key * rect
+    else:
+        add_source(env, direction(rng.uniform(-180, 180), rng.uniform(-10, 25)),
+                   float(rng.uniform(100, 800)), key * float(rng.uniform(0.05, 0.2)), lamp)  # fmt: skip
+    for _ in range(int(rng.integers(0, 3))):
+        rect = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(20, 85), rng.uniform(6, 20),
+                         rng.uniform(3, 8))  # fmt: skip
+        env += lamp[:, None, None] * key * float(rng.uniform(0.1, 0.5)) * rect
+    if source != "window" and rng.uniform() < 0.5:
+        win = soft_rect(dirs, rng.uniform(-180, 180), rng.uniform(0, 20), rng.uniform(10, 30),
+                        rng.uniform(12, 25))  # fmt: skip
+        env += daylight[:, None, None] * key * float(rng.uniform(0.1, 0.5)) * win
     return env
 
 
@@ -220,15 +259,29 @@ _BUILDERS = {
     "neon": _neon,
     "key": _key,
 }
+# How the ``indoor`` kind lays out its lights (``LightingOptions.indoor_layout``):
+# "ceiling", the first recipe: 1-3 equal ceiling lamps 45-80 deg up and a dimmer window;
+# "one-source": ``_room``, one dominant lamp or window at any height a room has one.
+INDOOR_LAYOUTS = {"ceiling": _indoor, "one-source": _room}
 
 
 def procedural_env(
-    kind: str, rng: np.random.Generator, size: tuple[int, int] = ENV_SIZE
+    kind: str,
+    rng: np.random.Generator,
+    size: tuple[int, int] = ENV_SIZE,
+    indoor_layout: str = "ceiling",
 ) -> torch.Tensor:
-    """A random env map of ``kind`` (one of ``KINDS``) -> ``[3,h,w]`` linear radiance >= 0."""
+    """A random env map of ``kind`` (one of ``KINDS``) -> ``[3,h,w]`` linear radiance >= 0.
+
+    ``indoor_layout``: how ``indoor`` places its lights, a key of ``INDOOR_LAYOUTS``."""
     if kind not in _BUILDERS:
         raise ValueError(f"unknown procedural env kind {kind!r}; choose from {KINDS}")
-    return _BUILDERS[kind](rng, *size).clamp_min(0.0).contiguous()
+    if indoor_layout not in INDOOR_LAYOUTS:
+        raise ValueError(
+            f"unknown indoor layout {indoor_layout!r}; choose from {', '.join(INDOOR_LAYOUTS)}"
+        )
+    build = INDOOR_LAYOUTS[indoor_layout] if kind == "indoor" else _BUILDERS[kind]
+    return build(rng, *size).clamp_min(0.0).contiguous()
 
 
 def packaged_hdri_dir() -> Path | None:
@@ -282,6 +335,9 @@ class LightingOptions:
     # defaults) no random number is drawn for them, so older recipes draw the same samples.
     p_mirror: float = 0.0
     max_tilt_deg: float = 0.0
+    # how procedural ``indoor`` maps place their lights, a key of ``INDOOR_LAYOUTS``
+    # ("ceiling", the default, draws the same samples as before the option existed)
+    indoor_layout: str = "ceiling"
 
 
 def _draw_kind(rng: np.random.Generator) -> str:
@@ -324,11 +380,11 @@ def sample_env(
             meta["env_tilt"] = round(tilt, 3)
     else:
         kind = _draw_kind(rng)
-        env = procedural_env(kind, rng)
+        env = procedural_env(kind, rng, indoor_layout=options.indoor_layout)
         meta = {"env_source": f"procedural:{kind}", "env_rotation": 0.0, "env_gain": 1.0}
     if rng.uniform() < options.p_mix:
         kind = _draw_kind(rng)
-        extra = procedural_env(kind, rng)
+        extra = procedural_env(kind, rng, indoor_layout=options.indoor_layout)
         share = float(rng.uniform(0.05, 0.6))
         env = env + extra * (share * _energy(env) / max(_energy(extra), 1e-12))
         meta["env_mix"] = f"procedural:{kind}@{share:.3f}"

@@ -18,7 +18,7 @@ import torch
 from delit_cache.data.pack import ensure_no_shards
 from delit_cache.data.shards import ShardWriter, encode_sample
 from delit_cache.synth.compose import render_sample
-from delit_cache.synth.environments import LightingOptions, list_hdris
+from delit_cache.synth.environments import INDOOR_LAYOUTS, LightingOptions, list_hdris
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import progress_bar
 
@@ -78,6 +78,7 @@ def synth(
     p_other_background: float = 0.0,
     p_mirror: float = 0.0,
     max_tilt_deg: float = 0.0,
+    indoor_layout: str = "ceiling",
 ) -> list[Path]:
     """Render ``n`` samples of ``size x size`` into ``out/shard-XXXXXX.tar``; return the shards.
 
@@ -87,7 +88,8 @@ def synth(
     split); ``p_hdri``: probability that a sample is lit by an HDRI (1: HDRIs only);
     ``p_other_background``: probability that the background shows another env map than the
     one lighting the subject; ``p_mirror`` / ``max_tilt_deg``: HDRIs mirrored left-right with
-    that probability / tilted by up to that many degrees (``LightingOptions``).
+    that probability / tilted by up to that many degrees; ``indoor_layout``: how procedural
+    indoor maps place their lights (``LightingOptions``, ``INDOOR_LAYOUTS``).
     Raises ``DelitError`` for bad arguments or an output folder that already holds shards.
     """
     if n < 1:
@@ -110,6 +112,10 @@ def synth(
             raise DelitError(f"{flag} must be in [0, 1], got {p}")
     if not 0.0 <= max_tilt_deg <= 45.0:  # also refuses NaN
         raise DelitError(f"--max-tilt must be in [0, 45] degrees, got {max_tilt_deg}")
+    if indoor_layout not in INDOOR_LAYOUTS:
+        raise DelitError(
+            f"--indoor-layout must be one of {', '.join(INDOOR_LAYOUTS)}, got {indoor_layout!r}"
+        )
     try:
         files = list_hdris(hdri_dir, hdris, exclude_hdris)
     except ValueError as exc:
@@ -123,6 +129,7 @@ def synth(
         p_other_background=p_other_background,
         p_mirror=p_mirror,
         max_tilt_deg=max_tilt_deg,
+        indoor_layout=indoor_layout,
     )
     out = Path(out)
     ensure_no_shards(out)
