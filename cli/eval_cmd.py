@@ -16,6 +16,7 @@ from .options import (
     DataOption,
     DeviceOption,
     DtypeOption,
+    FlipAverageOption,
     LoraOption,
     ModelSizeOption,
     VaeOption,
@@ -52,6 +53,7 @@ def eval_command(
         ),
     ] = 4,
     lora: LoraOption = None,
+    flip_average: FlipAverageOption = False,
 ) -> int:
     """Score a checkpoint on raw samples: flat-lit PSNR/SSIM, codec ceiling, three-sphere env
     metrics and light direction, each beside a free baseline."""
@@ -74,6 +76,7 @@ def eval_command(
         batch_size=batch_size,
         limit=limit,
         progress=True,
+        flip_average=flip_average,
     )
     result.update(
         checkpoint=info["checkpoint"],
@@ -93,7 +96,9 @@ def eval_command(
 
         shown = [s for _, s in zip(range(examples), iter_samples(shards), strict=False)]
         notes = [f"Checkpoint: {info['checkpoint']}.", f"Data: {', '.join(map(str, data))}."]
-        paths = write_report(report, model_examples(model, shown, size_used), result, notes)
+        paths = write_report(
+            report, model_examples(model, shown, size_used, flip_average), result, notes
+        )
         typer.echo(f"wrote {paths['html']} and {paths['png']}")
     return 0
 
@@ -119,6 +124,7 @@ def infer_command(
             "on CUDA). Pays off over many photos.",
         ),
     ] = False,
+    flip_average: FlipAverageOption = False,
 ) -> int:
     """Delight photos: writes <stem>_flat.png (input size), <stem>_env.exr (128x256 linear
     HDR) and <stem>_env.png (panorama and three spheres) for each input. Photos are scaled so
@@ -127,7 +133,15 @@ def infer_command(
 
     check_output_dir(out)  # a regular file in the way fails before the model loads
     delighter = Delighter.from_pretrained(
-        checkpoint, vae, device, dtype, size, batch_size, lora=lora, compile=compile
+        checkpoint,
+        vae,
+        device,
+        dtype,
+        size,
+        batch_size,
+        lora=lora,
+        compile=compile,
+        flip_average=flip_average,
     )
     summary = delighter.run(inputs, out, progress=True)
     if summary.all_failed:  # each input had its own error line: exit 2, as for one bad file

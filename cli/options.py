@@ -83,3 +83,11 @@ LoraOption = Annotated[
         help="LoRA adapters for the decoder (a lora.safetensors from delit train-lora).",
     ),
 ]
+FlipAverageOption = Annotated[
+    bool,
+    typer.Option(
+        "--flip-average/--no-flip-average",
+        help="Also run each photo's mirror image and average the two answers (flat-lit in "
+        "pixels, env map in radiance): better figures, twice the compute.",
+    ),
+]

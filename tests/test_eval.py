@@ -229,6 +229,19 @@ def test_evaluate_reference_protocol_block_matches_diffusionlight_metrics(sample
     assert "diffusionlight protocol" in format_table(result)
 
 
+def test_evaluate_flip_average_is_recorded_and_changes_the_scores(samples, tiny_vae):
+    from delit_cache.evaluate.evaluate import evaluate, format_table
+
+    model, _ = create_model_and_transforms(tiny_vae, create_heads(SMALL, seed=0), image_size=SIZE)
+    mean = samples[1]["env"]
+    plain = evaluate(model, samples, mean, image_size=SIZE, batch_size=2)
+    avg = evaluate(model, samples, mean, image_size=SIZE, batch_size=2, flip_average=True)
+    assert plain["flip_average"] is False and avg["flip_average"] is True
+    assert "flip-average on" in format_table(avg) and "flip-average" not in format_table(plain)
+    assert avg["model"]["flat_psnr"] != plain["model"]["flat_psnr"]
+    assert avg["baseline_mean_env"] == plain["baseline_mean_env"]  # baselines do not change
+
+
 def test_evaluate_rejects_no_samples(tiny_vae):
     from delit_cache.evaluate.evaluate import evaluate
 

@@ -213,3 +213,41 @@ def test_infer_imports_only_what_it_needs(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "o" / "p_flat.png").is_file()
+
+
+def test_flip_average_is_mirror_equivariant_and_the_mean_of_both_passes(delighter):
+    """With ``flip_average`` the answer for the mirror image is the mirrored answer (the
+    task's symmetry, which the plain pass of this random model lacks), and it is the mean of
+    the plain passes on the photo and on its mirror image, each mapped back."""
+    from delit_cache.lighting.envmap import mirror_env
+
+    model = delighter.model
+    gen = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.interpolate(
+        torch.rand(2, 3, 4, 4, generator=gen), size=(SIZE, SIZE), mode="bilinear"
+    )
+    avg, avg_m = model.infer(x, flip_average=True), model.infer(x.flip(-1), flip_average=True)
+    torch.testing.assert_close(avg_m["flat"], avg["flat"].flip(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(avg_m["env"], mirror_env(avg["env"]), atol=1e-4, rtol=1e-4)
+    plain, plain_m = model.infer(x), model.infer(x.flip(-1))
+    assert not torch.allclose(plain_m["env"], mirror_env(plain["env"]), atol=1e-3)
+    mean_flat = 0.5 * (plain["flat"] + plain_m["flat"].flip(-1))
+    mean_env = 0.5 * (plain["env"] + mirror_env(plain_m["env"]))
+    torch.testing.assert_close(avg["flat"], mean_flat, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(avg["env"], mean_env, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(avg["env_code"], plain["env_code"], atol=1e-5, rtol=1e-5)
+    assert avg["flat"].shape == x.shape and avg["env_code"].shape[0] == 2
+
+
+def test_infer_flip_average_flag(inputs, heads_file, tiny_vae_pth, tmp_path, capsys):
+    """``--flip-average`` writes the same files; the flat-lit image is the averaged one."""
+    plain, flipped = tmp_path / "plain", tmp_path / "flip"
+    base = ["infer", str(inputs / "b" / "deep" / "face.png"), "--checkpoint", str(heads_file)]
+    base += ["--vae", str(tiny_vae_pth), "--device", "cpu"]
+    assert main([*base, "--out", str(plain)]) == 0
+    assert main([*base, "--out", str(flipped), "--flip-average"]) == 0
+    names = sorted(p.name for p in flipped.iterdir())
+    assert names == sorted(p.name for p in plain.iterdir()) and len(names) == 3
+    a = np.asarray(Image.open(plain / "face_flat.png"), dtype=np.float32)
+    b = np.asarray(Image.open(flipped / "face_flat.png"), dtype=np.float32)
+    assert a.shape == b.shape and np.abs(a - b).max() > 0

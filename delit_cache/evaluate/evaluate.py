@@ -172,13 +172,14 @@ def _eval_batch(
     batch: list[dict],
     means: _Means,
     scorer: _EnvScorer,
+    flip_average: bool = False,
 ) -> list[torch.Tensor]:
     """Score one batch into ``means``; return the batch's true env maps (CPU, [3,128,256])."""
     prepared = [model_inputs(s, transform) for s in batch]
     device = scorer.device
     relit = torch.stack([p["relit"] for p in prepared]).to(device)
     flat = torch.stack([p["flat"] for p in prepared]).to(device)
-    out = model.infer(relit)
+    out = model.infer(relit, flip_average=flip_average)
     ceiling = model.vae.decode(model.vae.encode(flat), size=tuple(flat.shape[-2:])).float()
     gt = [crop_to_photo(p["flat"], p["placement"]) for p in prepared]
     crops = [
@@ -205,6 +206,7 @@ def evaluate(
     batch_size: int = 4,
     limit: int | None = None,
     progress: bool = False,
+    flip_average: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on raw ``samples`` (dicts with ``relit``/``flat`` [3,H,W] in [0,1] and
     ``env`` [3,h,w] linear HDR, as from ``delit_cache.data.shards.iter_samples``).
@@ -212,7 +214,8 @@ def evaluate(
     ``mean_env`` [3,h,w] linear HDR is the mean-env baseline; None means the mean env of the
     evaluated samples themselves (their env maps are kept in memory, 0.4 MB per sample, and
     scored in a second pass), and the result says so under ``mean_env_source``.
-    ``image_size`` is the model size (default: 512). Returns means over samples::
+    ``image_size`` is the model size (default: 512); ``flip_average`` runs the model with
+    ``DelitModel.infer(..., flip_average=True)`` (recorded in the result). Returns means over samples::
 
         {"n", "model": {flat_psnr, flat_ssim, diffuse: {si_rmse, angular_deg, nrmse}, matte,
          mirror, light_dir_deg}, "codec_ceiling": {flat_psnr, flat_ssim},
@@ -234,7 +237,7 @@ def evaluate(
     start = time.perf_counter()
     bar = progress_bar(total=limit, unit="img", enabled=progress)
     for batch in _sample_batches(samples, batch_size, limit):
-        envs = _eval_batch(model, transform, batch, means, scorer)
+        envs = _eval_batch(model, transform, batch, means, scorer, flip_average)
         gt_envs.extend(envs if mean_env is None else [torch.empty(0)] * len(envs))
         bar.update(len(batch))
     bar.close()
@@ -245,7 +248,7 @@ def evaluate(
         source = "evaluated data (no mean_env.exr beside the checkpoint)"
         _score_own_mean_env(means, scorer, gt_envs, batch_size)
     seconds = time.perf_counter() - start
-    return _result(means, len(gt_envs), source, seconds)
+    return {**_result(means, len(gt_envs), source, seconds), "flip_average": flip_average}
 
 
 def _score_own_mean_env(
@@ -306,6 +309,8 @@ def _header(result: dict[str, Any]) -> list[str]:
     facts = [
         f"{k} {result[k]}" for k in ("checkpoint", "vae", "device", "image_size") if k in result
     ]
+    if result.get("flip_average"):
+        facts.append("flip-average on")
     if facts:
         lines.append(", ".join(facts))
     if "seconds" in result:

@@ -113,7 +113,7 @@ def _png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def model_examples(model, samples: list[dict], size: int) -> list[dict]:
+def model_examples(model, samples: list[dict], size: int, flip_average: bool = False) -> list[dict]:
     """The model's outputs on ``samples`` beside the truth: the rows of ``write_report``."""
     from delit_cache.models import PortraitTransform
 
@@ -121,7 +121,7 @@ def model_examples(model, samples: list[dict], size: int) -> list[dict]:
     rows = []
     for sample in samples:
         square, placement = transform(sample["relit"])
-        out = model.infer(square[None])
+        out = model.infer(square[None], flip_average=flip_average)
         rows.append(
             {
                 "relit": sample["relit"],

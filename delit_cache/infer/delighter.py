@@ -314,6 +314,7 @@ class Delighter:
         device: torch.device,
         batch_size: int = 4,
         info: dict | None = None,
+        flip_average: bool = False,
     ):
         if batch_size < 1:
             raise DelitError(f"--batch-size {batch_size}: must be >= 1")
@@ -322,6 +323,7 @@ class Delighter:
         self.device = device
         self.batch_size = batch_size
         self.info = info or {}
+        self.flip_average = flip_average  # DelitModel.infer's mirror-image averaging
 
     @classmethod
     def from_pretrained(
@@ -334,18 +336,20 @@ class Delighter:
         batch_size: int = 4,
         lora: str | Path | None = None,
         compile: bool = False,
+        flip_average: bool = False,
     ) -> Delighter:
         """Checkpoint (save_pretrained folder, heads file, run folder or ``"demo"``) and VAE
         (path, ``"demo"`` or a loaded ``WanVAE``) -> a ready ``Delighter``; ``dtype`` is the
         VAE's compute dtype; ``lora`` an adapter file for the decoder. On CUDA the speed
         settings of ``delit_cache.infer.fast`` apply; ``compile`` adds torch.compile (CUDA
-        graphs at batch 1 on CUDA)."""
+        graphs at batch 1 on CUDA); ``flip_average`` averages each photo's answer with its
+        mirror image's (``DelitModel.infer``)."""
         from delit_cache.infer.fast import speed_up
 
         dev = resolve_device(device)
         model, transform, _, info = load_vae_and_model(checkpoint, vae, dev, dtype, size, lora=lora)
         speed_up(model, dev, batch_size, compile=compile)
-        return cls(model, transform, dev, batch_size, info)
+        return cls(model, transform, dev, batch_size, info, flip_average)
 
     def __call__(self, image: np.ndarray | torch.Tensor | object) -> DelitResult:
         """One photo (array [H,W,3], PIL image or tensor; values in [0,1] or uint8)."""
@@ -362,7 +366,7 @@ class Delighter:
     def _predict_batch(self, images: Sequence[torch.Tensor]) -> list[DelitResult]:
         squares, placements = zip(*(self.transform(im) for im in images), strict=True)
         batch = torch.stack(squares).to(self.device)
-        out = self.model.infer(batch)
+        out = self.model.infer(batch, flip_average=self.flip_average)
         flats = out["flat"].float().cpu()
         envs = out["env"].float().cpu()
         return [

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.envmap import mirror_env
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads
 from delit_cache.models.transform import PortraitTransform
@@ -49,16 +50,30 @@ class DelitModel(nn.Module):
         return self.heads(relit_latent.float())
 
     @torch.no_grad()
-    def infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Images [B,3,H,W] in [0,1] -> ``flat`` [B,3,H,W] in [0,1] and ``env`` linear HDR."""
-        out = self.heads(self.vae.encode(images).float())
+    def infer(self, images: torch.Tensor, flip_average: bool = False) -> dict[str, torch.Tensor]:
+        """Images [B,3,H,W] in [0,1] -> ``flat`` [B,3,H,W] in [0,1] and ``env`` linear HDR.
+
+        ``flip_average``: also run the mirror image (in the same batch) and average the two
+        answers, each mapped back: flat-lit images in pixels, env maps in linear radiance
+        (a left-right flip mirrors the env map's azimuth, ``envmap.mirror_env``). The task is
+        exactly mirror-symmetric, the VAE's latents are not, so the mirror pass is a second,
+        partly independent estimate; twice the compute. ``env_code`` and ``flat_latent``
+        are then the unflipped pass's.
+        """
+        batch = torch.cat([images, images.flip(-1)]) if flip_average else images
+        out = self.heads(self.vae.encode(batch).float())
         code = out["env_code"].clamp(0.0, 1.0)
-        flat = self.vae.decode(out["flat_latent"], size=tuple(images.shape[-2:]))
+        flat = self.vae.decode(out["flat_latent"], size=tuple(images.shape[-2:])).float()
+        env = decode_env(code)
+        n = len(images)
+        if flip_average:
+            flat = 0.5 * (flat[:n] + flat[n:].flip(-1))
+            env = 0.5 * (env[:n] + mirror_env(env[n:]))
         return {
-            "flat": flat.float(),
-            "env": decode_env(code),
-            "env_code": code,
-            "flat_latent": out["flat_latent"],
+            "flat": flat,
+            "env": env,
+            "env_code": code[:n],
+            "flat_latent": out["flat_latent"][:n],
         }
 
 
