@@ -9,7 +9,8 @@ Usage (from the repository root)::
 The heads are freshly created (speed does not depend on their weights) unless --checkpoint is
 given. Each stage is timed separately over ``--iters`` runs after ``--warmup`` runs, with
 ``torch.cuda.synchronize()`` around every stage on CUDA; "end to end" times the three stages
-back to back plus the env decoding (``DelitModel.infer``). Prints a table with the device
+back to back plus the env decoding (``DelitModel.infer``); "flip_average" is
+``DelitModel.infer(..., flip_average=True)`` (each image and its mirror image in one batch). Prints a table with the device
 name, torch version and date; ``--json FILE`` also writes the numbers.
 """
 
@@ -78,6 +79,7 @@ def measure(model, args: argparse.Namespace, device: torch.device) -> dict[str, 
         "heads": time_calls_ms(lambda: model.heads(latent), device, w, n),
         "decode": time_calls_ms(lambda: model.vae.decode(flat_latent, size=size), device, w, n),
         "end_to_end": time_calls_ms(lambda: model.infer(images), device, w, n),
+        "flip_average": time_calls_ms(lambda: model.infer(images, flip_average=True), device, w, n),
     }
 
 
@@ -106,7 +108,7 @@ def report(args: argparse.Namespace, device: torch.device, model, times: dict) -
     print(f"device {result['device']}  torch {result['torch']}  dtype {args.dtype}")
     print(f"VAE {source}  image {args.size}x{args.size}  batch {b}  iters {args.iters}")
     print(f"{'stage':<12} {'ms/batch':>10} {'ms/image':>10} {'min ms':>10}")
-    for k in ("encode", "heads", "decode", "end_to_end"):
+    for k in ("encode", "heads", "decode", "end_to_end", "flip_average"):
         print(f"{k:<12} {med[k]:>10.2f} {med[k] / b:>10.2f} {min(times[k]):>10.2f}")
     print(f"end to end: {result['images_per_s']:.2f} images/s")
     return result

@@ -21,7 +21,8 @@
 # and 4000 more (seeds 114-117); train_plain.zarr, stage 11's: 4000 more new faces (seeds
 # 118-121, the same options); train_fresh.zarr, stage 12's: 4000 more (seeds 122-125). (The same faces lit by `--p-hdri 0.5 --p-mirror 0.5 --max-tilt
 # 20`, mirrored and tilted training HDRIs, were measured and not kept: cpu-leave-hdri-out.md,
-# tenth session.) Last,
+# tenth session; so were 4000 more, seeds 126-129, `new_faces S train_s13.zarr --p-hdri 0.3`,
+# and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
 set -euo pipefail
