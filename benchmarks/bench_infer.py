@@ -10,8 +10,9 @@ The heads are freshly created (speed does not depend on their weights) unless --
 given. Each stage is timed separately over ``--iters`` runs after ``--warmup`` runs, with
 ``torch.cuda.synchronize()`` around every stage on CUDA; "end to end" times the three stages
 back to back plus the env decoding (``DelitModel.infer``); "flip_average" is
-``DelitModel.infer(..., flip_average=True)`` (each image and its mirror image in one batch). Prints a table with the device
-name, torch version and date; ``--json FILE`` also writes the numbers.
+``DelitModel.infer(..., flip_average=True)`` (each image and its mirror image in one batch).
+Prints a table with the device name, torch version and date; ``--json FILE`` also writes the
+numbers.
 """
 
 from __future__ import annotations

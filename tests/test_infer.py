@@ -239,7 +239,7 @@ def test_flip_average_is_mirror_equivariant_and_the_mean_of_both_passes(delighte
     assert avg["flat"].shape == x.shape and avg["env_code"].shape[0] == 2
 
 
-def test_infer_flip_average_flag(inputs, heads_file, tiny_vae_pth, tmp_path, capsys):
+def test_infer_flip_average_flag(inputs, heads_file, tiny_vae_pth, tmp_path):
     """``--flip-average`` writes the same files; the flat-lit image is the averaged one."""
     plain, flipped = tmp_path / "plain", tmp_path / "flip"
     base = ["infer", str(inputs / "b" / "deep" / "face.png"), "--checkpoint", str(heads_file)]

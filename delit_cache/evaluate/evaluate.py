@@ -215,12 +215,13 @@ def evaluate(
     evaluated samples themselves (their env maps are kept in memory, 0.4 MB per sample, and
     scored in a second pass), and the result says so under ``mean_env_source``.
     ``image_size`` is the model size (default: 512); ``flip_average`` runs the model with
-    ``DelitModel.infer(..., flip_average=True)`` (recorded in the result). Returns means over samples::
+    ``DelitModel.infer(..., flip_average=True)``. Returns means over samples::
 
         {"n", "model": {flat_psnr, flat_ssim, diffuse: {si_rmse, angular_deg, nrmse}, matte,
          mirror, light_dir_deg}, "codec_ceiling": {flat_psnr, flat_ssim},
          "baseline_input_as_flat": {flat_psnr, flat_ssim}, "baseline_mean_env": {diffuse,
-         matte, mirror, light_dir_deg}, "mean_env_source", "seconds", "images_per_s"}
+         matte, mirror, light_dir_deg}, "mean_env_source", "seconds", "images_per_s",
+         "flip_average"}
 
     PSNR in dB, SSIM in [-1, 1], angles in degrees. Raises ``DelitError`` for no samples.
     """
