@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.atomic import check_output_dir, check_output_file, make_dir, write_json
+from delit_cache.utils.atomic import check_output_dir, check_output_file, write_json
 
 from .app import app
 from .options import (
@@ -65,7 +65,7 @@ def eval_command(
     if json_path is not None:
         check_output_file(json_path)
     if report is not None:
-        make_dir(report)
+        check_output_dir(report)  # made when the report is written
     model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size, lora=lora)
     size_used = info["model_size"]
     result = evaluate(

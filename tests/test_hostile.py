@@ -157,7 +157,7 @@ def test_infer_reports_nan_outputs_instead_of_writing_them(tmp_path, monkeypatch
     delighter = Delighter(torch.nn.Identity(), None, torch.device("cpu"))
     summary = delighter.run([photo], tmp_path / "out", progress=False)
     assert summary.failed and "NaN or Inf" in summary.failed[0] and not summary.written
-    assert not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # nothing written: the folder made for it is gone
     assert [r.getMessage() for r in caplog.records] == [f"error: {summary.failed[0]}"]
 
 
@@ -249,6 +249,22 @@ def test_truncated_exr_is_one_clean_line(command, keep, tmp_path, capfd):
     assert out == "", out  # OpenEXR's binding prints on stdout, its C core on stderr
     assert err.startswith(f"error: {cut}: unreadable OpenEXR file") and err.count("\n") == 1, err
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
+
+
+def test_synth_checks_every_hdri_before_the_first_sample(tmp_path, capfd):
+    """A broken map beside a good one fails the run whichever maps the samples draw (a seed
+    whose one sample draws the good map used to succeed), before --out is made."""
+    import shutil
+
+    shutil.copyfile(HDRI_DIR / "city.exr", tmp_path / "aa.exr")
+    (tmp_path / "zz.exr").write_bytes(b"not an exr")
+    for seed in range(3):
+        args = ["synth", "--out", str(tmp_path / "s"), "--n", "1", "--size", "32"]
+        args += ["--hdri-dir", str(tmp_path), "--p-hdri", "1", "--seed", str(seed)]
+        assert main(args) == 2, seed
+        err = capfd.readouterr().err
+        assert err.startswith(f"error: {tmp_path / 'zz.exr'}:") and err.count("\n") == 1, err
+        assert not (tmp_path / "s").exists()
 
 
 def test_a_good_exr_read_keeps_stdout_and_stderr_clean(capfd):
@@ -470,6 +486,21 @@ def test_float_tiff_is_read_as_stored_not_as_black(tmp_path):
         Image.fromarray(bad).save(tmp_path / "bad.tif")
         with pytest.raises(DelitError, match=match):
             read_ldr(tmp_path / "bad.tif")
+
+
+def test_32_bit_integer_tiff_out_of_16_bit_range_is_refused_not_clipped(tmp_path):
+    from PIL import Image
+
+    from delit_cache.data.imageio import read_ldr
+    from delit_cache.utils.errors import DelitError
+
+    grey = np.arange(64, dtype=np.int32).reshape(8, 8) * 1000  # 0-63000: 16-bit values
+    Image.fromarray(grey).save(tmp_path / "i.tif")  # Pillow mode "I"
+    assert np.allclose(read_ldr(tmp_path / "i.tif")[..., 0], grey / 65535.0)
+    grey[0, 1] = 200000  # was clipped to white without a word
+    Image.fromarray(grey).save(tmp_path / "bad.tif")
+    with pytest.raises(DelitError, match=r"values outside 0-65535 \(min 0, max 200000\)"):
+        read_ldr(tmp_path / "bad.tif")
 
 
 def test_large_photos_are_read_without_pillows_bomb_warning(tmp_path, monkeypatch, capfd):

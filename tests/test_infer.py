@@ -251,3 +251,44 @@ def test_infer_flip_average_flag(inputs, heads_file, tiny_vae_pth, tmp_path):
     a = np.asarray(Image.open(plain / "face_flat.png"), dtype=np.float32)
     b = np.asarray(Image.open(flipped / "face_flat.png"), dtype=np.float32)
     assert a.shape == b.shape and np.abs(a - b).max() > 0
+
+
+def test_infer_an_output_that_cannot_be_written_fails_that_photo_only(
+    inputs, heads_file, tiny_vae_pth, tmp_path, capsys
+):
+    """A folder where one photo's env map should go: that photo fails in one line naming the
+    file (not its temp name), none of its three outputs stays, the others are written, exit 1."""
+    out = tmp_path / "out"
+    (out / "wide_env.exr").mkdir(parents=True)
+    args = [
+        "infer", str(inputs / "wide.png"), str(inputs / "a"),
+        "--checkpoint", str(heads_file), "--vae", str(tiny_vae_pth), "--out", str(out),
+        "--device", "cpu", "--batch-size", "2",
+    ]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if "wide" in ln]
+    assert line.startswith("error: ") and f"{out / 'wide_env.exr'}: Is a directory" in line
+    assert ".tmp" not in err and "1 image(s) done, 1 failed" in err
+    names = {p.name for p in out.iterdir()}
+    assert names == {"wide_env.exr", "face_flat.png", "face_env.exr", "face_env.png"}
+
+
+def test_infer_unwritable_out_is_one_line_naming_the_folder(
+    inputs, heads_file, tiny_vae_pth, tmp_path, capsys, monkeypatch
+):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "out"
+    args = [
+        "infer", str(inputs / "wide.png"), "--checkpoint", str(heads_file),
+        "--vae", str(tiny_vae_pth), "--out", str(out), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out}: cannot write into this folder (Permission denied)"]
+    assert not out.exists()  # made for the run, removed when nothing could be written

@@ -247,14 +247,18 @@ def test_indoor_layout_changes_only_indoor_maps():
 
 
 def test_synth_lighting_options_are_validated(tmp_path):
+    from delit_cache.synth.environments import packaged_hdri_dir
     from delit_cache.synth.writer import synth
 
     with pytest.raises(DelitError, match="p-hdri"):
         synth(tmp_path / "a", n=1, size=32, p_hdri=1.5, progress=False)
     with pytest.raises(DelitError, match="no HDRI named"):
         synth(tmp_path / "b", n=1, size=32, exclude_hdris=["nope"], progress=False)
+    every = sorted(p.stem for p in packaged_hdri_dir().glob("*.exr"))
     with pytest.raises(DelitError, match="needs HDRIs"):
-        synth(tmp_path / "c", n=1, size=32, hdri_dir=None, hdris=[], p_hdri=1.0, progress=False)
+        synth(tmp_path / "c", n=1, size=32, exclude_hdris=every, p_hdri=1.0, progress=False)
+    with pytest.raises(DelitError, match="--hdris names no HDRI"):
+        synth(tmp_path / "c", n=1, size=32, hdris=[], progress=False)
     with pytest.raises(DelitError, match="p-mirror"):
         synth(tmp_path / "d", n=1, size=32, p_mirror=-0.1, progress=False)
     for tilt in (50.0, -1.0, float("nan")):

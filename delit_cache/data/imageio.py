@@ -134,7 +134,11 @@ def _check_radiance(arr: np.ndarray, path) -> np.ndarray:
     if low < 0:
         tol = NEG_TOLERANCE * float(np.abs(arr).mean()) + 1e-6
         if low < -tol:
-            raise DelitError(f"{path}: contains negative radiance (min {low:.4g})")
+            raise DelitError(
+                f"{path}: contains negative radiance (min {low:.4g}; a lossy EXR compression"
+                " such as DWAA/DWAB rings around bright lights: re-save the map losslessly,"
+                " with its negatives set to 0)"
+            )
         log.warning(
             "%s: %d small negative values (min %.3g) clamped to 0 (lossy-codec noise)",
             path,
@@ -448,8 +452,13 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, int]:
     with _open_pillow(path) as im:
         orientation = int(im.getexif().get(0x0112, 1))
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            a = np.asarray(im, dtype=np.float32)[:, :, None] / 65535.0
-            return np.clip(a, 0.0, 1.0), orientation
+            a = np.asarray(im, dtype=np.float32)[:, :, None]
+            if a.size and (a.min() < 0 or a.max() > 65535):  # mode I is 32-bit: not clipped
+                raise DelitError(
+                    f"{path}: 32-bit integer image with values outside 0-65535 (min "
+                    f"{a.min():.0f}, max {a.max():.0f}); store it as 8 or 16 bits"
+                )
+            return a / 65535.0, orientation
         if im.mode == "F":  # 32-bit float grey (TIFF): converting it to RGB makes it black
             a = np.asarray(im, dtype=np.float32)
             if not np.isfinite(a).all():

@@ -75,7 +75,8 @@ def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         for path in _expand_one(str(item)):
             found.setdefault(path.resolve(), path)
     if not found:
-        raise DelitError(f"{spec}: no .tar shards found")
+        named = ", ".join(map(str, specs)) or "(nothing)"
+        raise DelitError(f"{named}: no .tar shards found")
     return sorted(found.values())
 
 

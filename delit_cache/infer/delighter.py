@@ -26,7 +26,7 @@ from delit_cache.models import (
     create_model_and_transforms,
 )
 from delit_cache.models.pretrained import heads_metadata, heads_weights_path, load_heads
-from delit_cache.utils.atomic import make_dir
+from delit_cache.utils.atomic import writable_dir
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import get_logger, logging_beside_bars, progress_bar
@@ -395,17 +395,22 @@ class Delighter:
         if not paths:
             return summary
         names = output_names(paths)
+        existed = out.exists()
         bar = progress_bar(total=len(paths), unit="img", enabled=progress)
-        with logging_beside_bars():
-            for batch in _path_batches(paths, self.batch_size):
-                loaded = self._load_batch(batch, summary)
-                if loaded:
-                    make_dir(out)  # only once there is something to write
-                    results = self.predict([im for _, im in loaded])
-                    for (path, _), res in zip(loaded, results, strict=True):
-                        _write_checked(path, res, out / names[path], summary)
-                bar.update(len(batch))
-        bar.close()
+        try:
+            with logging_beside_bars():
+                for batch in _path_batches(paths, self.batch_size):
+                    loaded = self._load_batch(batch, summary)
+                    if loaded:
+                        writable_dir(out)  # only once there is something to write
+                        results = self.predict([im for _, im in loaded])
+                        for (path, _), res in zip(loaded, results, strict=True):
+                            _write_checked(path, res, out / names[path], summary)
+                    bar.update(len(batch))
+        finally:
+            bar.close()
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a run that wrote nothing (out of memory, say) leaves no folder
         return summary
 
     def _load_batch(self, batch: Sequence[Path], summary: RunSummary) -> list:
@@ -423,10 +428,15 @@ class Delighter:
 
 def _write_checked(path: Path, res: DelitResult, stem: Path, summary: RunSummary) -> None:
     """Write ``res`` for the photo ``path`` unless it holds NaN or Inf (then log it as failed)."""
-    if np.isfinite(res.flat).all() and np.isfinite(res.env).all():
-        summary.written[path] = write_result(res, stem.parent, stem.name)
-        return
-    summary.failed.append(f"{path}: the model returned NaN or Inf; nothing written")
+    if not (np.isfinite(res.flat).all() and np.isfinite(res.env).all()):
+        summary.failed.append(f"{path}: the model returned NaN or Inf; nothing written")
+    else:
+        try:
+            summary.written[path] = write_result(res, stem.parent, stem.name)
+            return
+        except OSError as exc:  # one output that cannot be written fails this photo only
+            where = f"{exc.filename}: " if exc.filename else ""
+            summary.failed.append(f"{path}: {where}{exc.strerror or exc}; nothing written")
     log.error("error: %s", summary.failed[-1])
 
 
@@ -449,10 +459,19 @@ def write_result(result: DelitResult, out_dir: Path, name: str) -> list[Path]:
     from delit_cache.data.imageio import write_exr, write_png
     from delit_cache.lighting.envshow import env_figure
 
-    flat_path = out_dir / f"{name}_flat.png"
-    exr_path = out_dir / f"{name}_env.exr"
-    fig_path = out_dir / f"{name}_env.png"
-    write_png(flat_path, result.flat)
-    write_exr(exr_path, result.env)
-    write_png(fig_path, env_figure(torch.from_numpy(result.env).permute(2, 0, 1)))
-    return [flat_path, exr_path, fig_path]
+    figure = env_figure(torch.from_numpy(result.env).permute(2, 0, 1))
+    writes = [
+        (out_dir / f"{name}_flat.png", lambda p: write_png(p, result.flat)),
+        (out_dir / f"{name}_env.exr", lambda p: write_exr(p, result.env)),
+        (out_dir / f"{name}_env.png", lambda p: write_png(p, figure)),
+    ]
+    done: list[Path] = []
+    try:
+        for path, write in writes:
+            write(path)
+            done.append(path)
+    except BaseException:  # all three or none: a photo's outputs are never half there
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
+    return done

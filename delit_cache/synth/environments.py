@@ -313,7 +313,9 @@ def list_hdris(
 
 
 @functools.lru_cache(maxsize=64)
-def _load_hdri(path: str) -> torch.Tensor:
+def load_hdri(path: str) -> torch.Tensor:
+    """A training HDRI at ``ENV_SIZE``; ``DelitError`` naming it when unreadable, not a 2:1
+    map, NaN, Inf, clearly negative or without any light (cached: workers load each once)."""
     return require_light(load_env(path), path)
 
 
@@ -369,7 +371,7 @@ def sample_env(
         path = hdris[int(rng.integers(len(hdris)))]
         rot = float(rng.uniform(0, 360))
         gain = float(2.0 ** rng.uniform(-options.gain_stops, options.gain_stops))
-        env = rotate_env(_load_hdri(str(path)), rot) * gain
+        env = rotate_env(load_hdri(str(path)), rot) * gain
         meta = {"env_source": f"hdri:{path.name}", "env_rotation": round(rot, 3), "env_gain": gain}
         if options.p_mirror > 0 and rng.uniform() < options.p_mirror:
             env = mirror_env(env)

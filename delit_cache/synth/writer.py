@@ -18,7 +18,8 @@ import torch
 from delit_cache.data.pack import ensure_no_shards
 from delit_cache.data.shards import ShardWriter, encode_sample
 from delit_cache.synth.compose import render_sample
-from delit_cache.synth.environments import INDOOR_LAYOUTS, LightingOptions, list_hdris
+from delit_cache.synth.environments import INDOOR_LAYOUTS, LightingOptions, list_hdris, load_hdri
+from delit_cache.utils.atomic import check_output_dir
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.logs import progress_bar
 
@@ -100,6 +101,10 @@ def synth(
         raise DelitError(f"--seed must be >= 0, got {seed}")
     if workers < 1:
         raise DelitError(f"--workers must be >= 1, got {workers}")
+    if shard_size < 1:
+        raise DelitError(f"--shard-size must be >= 1, got {shard_size}")
+    if hdris is not None and not hdris:
+        raise DelitError("--hdris names no HDRI (give comma-separated stems)")
     if hdri_dir is not None and not Path(hdri_dir).is_dir():
         raise DelitError(f"{hdri_dir}: HDRI folder not found")
     probabilities = (
@@ -124,6 +129,8 @@ def synth(
         raise DelitError(f"{hdri_dir or 'packaged HDRIs'}: no .exr or .hdr files selected")
     if p_hdri == 1.0 and not files:
         raise DelitError("--p-hdri 1 needs HDRIs, and none are selected")
+    for f in files:  # every selected map checked now, not when a sample first draws it
+        load_hdri(str(f))
     lighting = LightingOptions(
         p_hdri=p_hdri,
         p_other_background=p_other_background,
@@ -131,7 +138,7 @@ def synth(
         max_tilt_deg=max_tilt_deg,
         indoor_layout=indoor_layout,
     )
-    out = Path(out)
+    out = check_output_dir(out)  # a file in the way is "Not a directory", before any work
     ensure_no_shards(out)
     bar = progress_bar(total=n, desc="synth", unit="sample", enabled=progress)
     with ShardWriter(out, shard_size=shard_size) as writer:

@@ -38,6 +38,21 @@ def make_dir(path: str | Path) -> Path:
     return path
 
 
+def writable_dir(path: str | Path) -> Path:
+    """``make_dir(path)``, then ``OSError`` naming ``path`` unless a file can be made in it
+    (read-only mounts, permissions, a full disk): before a run's first output, not after."""
+    path = make_dir(path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot write into this folder ({exc.strerror})", str(path)
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def check_output_dir(path: str | Path) -> Path:
     """Refuse (``NotADirectoryError`` naming ``path``) an output folder that is a file or lies
     under one, without creating anything: commands call it before their work."""
@@ -70,9 +85,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     extension (PIL, OpenEXR) still work.
     """
     path = check_output_file(path)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as exc:  # the folder: not writable, gone, full
+        raise OSError(
+            exc.errno, f"cannot write into this folder ({exc.strerror})", str(path.parent)
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     mode = _new_file_mode(path)
@@ -80,6 +100,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, mode)  # after the writer: some (safetensors) make a new 0600 file
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.filename != str(tmp_path):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # name the file, not its temp
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
