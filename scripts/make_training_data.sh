@@ -22,11 +22,13 @@
 # 118-121, the same options); train_fresh.zarr, stage 12's: 4000 more (seeds 122-125). (The same faces lit by `--p-hdri 0.5 --p-mirror 0.5 --max-tilt
 # 20`, mirrored and tilted training HDRIs, were measured and not kept: cpu-leave-hdri-out.md,
 # tenth session; so were 4000 more, seeds 126-129, `new_faces S train_s13.zarr --p-hdri 0.3`,
-# and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Last,
+# and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Then
+# train_pm.zarr, stage 13's (below). Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
 set -euo pipefail
 work=${1:?usage: $0 WORKDIR [CHUNKS]}
+here="$(cd "$(dirname "$0")/.." && pwd)"
 chunks=${2:-5}
 [ "$chunks" -le 5 ] || { echo "$0: at most 5 chunks (seeds 105-108 belong to train_bg*)" >&2; exit 2; }
 heldout=courtyard,interior  # = delit_cache.synth.environments.HELDOUT_HDRIS
@@ -77,6 +79,18 @@ copy_cache train_new.zarr train_more.zarr
 for s in 114 115 116 117; do new_faces "$s" train_more.zarr --p-hdri 0.3; done
 for s in 118 119 120 121; do new_faces "$s" train_plain.zarr --p-hdri 0.3; done
 for s in 122 123 124 125; do new_faces "$s" train_fresh.zarr --p-hdri 0.3; done
+# Stage 13's: the same seeds 126-129 (other folders), lit by a pool of 20 real training HDRIs,
+# half of the portraits by one of them: the three packaged training HDRIs and 17 CC0 Poly Haven
+# maps of the npm package @pmndrs/assets (scripts/extra_hdris.py, which checks that none looks
+# like a held-out HDRI; needs npm): train_pm.zarr.
+[ -f pmndrs-assets-1.7.0.tgz ] || npm pack --silent @pmndrs/assets@1.7.0
+[ -d hdri_plus ] || "${PYTHON:-python}" "$here/scripts/extra_hdris.py" pmndrs-assets-1.7.0.tgz hdri_plus
+for s in 126 127 128 129; do
+    [ -f "train_pm_$s/shard-000000.tar" ] || delit synth --out "train_pm_$s" --n 1000 --size 256 \
+        --seed "$s" --workers 2 --hdri-dir hdri_plus --p-other-background 0.5 --p-hdri 0.5
+    delit encode --vae demo --data "train_pm_$s" --out train_pm.zarr --size 256 --batch-size 8 \
+        --compile --no-progress
+done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \
