@@ -118,7 +118,8 @@ def build_pool(tarball: Path, out: Path) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in package_maps(tarball):
             arr = decode(name, data, Path(tmp))
-            close = {stem: similarity(signature(arr), ref) for stem, ref in refs.items()}
+            sig = signature(arr)
+            close = {stem: similarity(sig, ref) for stem, ref in refs.items()}
             nearest = max(close, key=close.get)
             leak = [s for s in HELDOUT_HDRIS if close[s] > LEAK]
             if leak:

@@ -42,15 +42,20 @@ def writable_dir(path: str | Path) -> Path:
     """``make_dir(path)``, then ``OSError`` naming ``path`` unless a file can be made in it
     (read-only mounts, permissions, a full disk): before a run's first output, not after."""
     path = make_dir(path)
+    os.unlink(_temp_file(path, ".write-probe.", ""))
+    return path
+
+
+def _temp_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file in ``folder``; ``OSError`` naming the folder when none can be made."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
-    except OSError as exc:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    except OSError as exc:  # not writable, gone, full
         raise OSError(
-            exc.errno, f"cannot write into this folder ({exc.strerror})", str(path)
+            exc.errno, f"cannot write into this folder ({exc.strerror})", str(folder)
         ) from None
     os.close(fd)
-    os.unlink(probe)
-    return path
+    return Path(tmp)
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -85,28 +90,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     extension (PIL, OpenEXR) still work.
     """
     path = check_output_file(path)
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-        )
-    except OSError as exc:  # the folder: not writable, gone, full
-        raise OSError(
-            exc.errno, f"cannot write into this folder ({exc.strerror})", str(path.parent)
-        ) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_file(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     mode = _new_file_mode(path)
     try:
         yield tmp_path
         os.chmod(tmp_path, mode)  # after the writer: some (safetensors) make a new 0600 file
         os.replace(tmp_path, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        if exc.filename != str(tmp_path):
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from None  # name the file, not its temp
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(tmp_path):  # name the file itself
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
