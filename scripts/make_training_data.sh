@@ -23,7 +23,8 @@
 # 20`, mirrored and tilted training HDRIs, were measured and not kept: cpu-leave-hdri-out.md,
 # tenth session; so were 4000 more, seeds 126-129, `new_faces S train_s13.zarr --p-hdri 0.3`,
 # and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Then
-# train_pm.zarr, stage 13's (below). Last,
+# train_pm.zarr, stage 13's, and train_pm14.zarr, stage 14's: 4000 more new faces (seeds
+# 130-133) lit the same way (below). Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
 set -euo pipefail
@@ -85,12 +86,15 @@ for s in 122 123 124 125; do new_faces "$s" train_fresh.zarr --p-hdri 0.3; done
 # like a held-out HDRI; needs npm): train_pm.zarr.
 [ -f pmndrs-assets-1.7.0.tgz ] || npm pack --silent @pmndrs/assets@1.7.0
 [ -d hdri_plus ] || "${PYTHON:-python}" "$here/scripts/extra_hdris.py" pmndrs-assets-1.7.0.tgz hdri_plus
-for s in 126 127 128 129; do
-    [ -f "train_pm_$s/shard-000000.tar" ] || delit synth --out "train_pm_$s" --n 1000 --size 256 \
-        --seed "$s" --workers 2 --hdri-dir hdri_plus --p-other-background 0.5 --p-hdri 0.5
-    delit encode --vae demo --data "train_pm_$s" --out train_pm.zarr --size 256 --batch-size 8 \
+pool_faces() {  # 1000 portraits of seed $1 lit by the pool hdri_plus, appended to cache $2
+    [ -f "train_pm_$1/shard-000000.tar" ] || delit synth --out "train_pm_$1" --n 1000 --size 256 \
+        --seed "$1" --workers 2 --hdri-dir hdri_plus --p-other-background 0.5 --p-hdri 0.5
+    delit encode --vae demo --data "train_pm_$1" --out "$2" --size 256 --batch-size 8 \
         --compile --no-progress
-done
+}
+for s in 126 127 128 129; do pool_faces "$s" train_pm.zarr; done
+# Stage 14's: 4000 more new faces (seeds 130-133) lit the same way: train_pm14.zarr.
+for s in 130 131 132 133; do pool_faces "$s" train_pm14.zarr; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \

@@ -385,6 +385,16 @@ def test_eval_output_paths_fail_before_the_model_runs(extra, expected, tmp_path,
     assert blocker.read_text() == "x"
 
 
+def test_a_failed_eval_leaves_no_empty_json_folder(tmp_path, capsys):
+    shard = tmp_path / "shard-000000.tar"
+    tarfile.open(shard, "w").close()
+    json_path = tmp_path / "new" / "deeper" / "x.json"
+    args = ["eval", "--checkpoint", "demo", "--vae", str(tmp_path / "no-vae.pth")]
+    assert main([*args, "--data", str(shard), "--json", str(json_path)]) == 2
+    assert "no-vae.pth" in _one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
 # ---------------------------------------------------------------------------- fresh pass, evening
 
 DEMO = ["--checkpoint", "demo", "--vae", "demo", "--device", "cpu", "--size", "64"]

@@ -71,12 +71,11 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 def check_output_file(path: str | Path) -> Path:
-    """Make the folder of an output file; refuse a path that is a folder (``OSError``).
-
-    Commands call it on their output paths before the work, so that a bad path fails first.
-    """
+    """Refuse (``OSError`` naming it) an output file that is a folder or lies under a file,
+    without creating anything: commands call it before their work, so a bad path fails
+    first and a failed run leaves no empty folder behind."""
     path = Path(path)
-    make_dir(path.parent)
+    check_output_dir(path.parent)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     return path
@@ -90,6 +89,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     extension (PIL, OpenEXR) still work.
     """
     path = check_output_file(path)
+    make_dir(path.parent)
     tmp_path = _temp_file(path.parent, f".{path.stem}.", f".tmp{path.suffix}")
     mode = _new_file_mode(path)
     try:
