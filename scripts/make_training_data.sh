@@ -24,7 +24,8 @@
 # tenth session; so were 4000 more, seeds 126-129, `new_faces S train_s13.zarr --p-hdri 0.3`,
 # and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Then
 # train_pm.zarr, stage 13's, and train_pm14.zarr, stage 14's: 4000 more new faces (seeds
-# 130-133) lit the same way (below). Last,
+# 130-133) lit the same way (below); train_pm15.zarr, stage 15's: 8000 more (seeds 134-141).
+# Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
 set -euo pipefail
@@ -95,6 +96,8 @@ pool_faces() {  # 1000 portraits of seed $1 lit by the pool hdri_plus, appended 
 for s in 126 127 128 129; do pool_faces "$s" train_pm.zarr; done
 # Stage 14's: 4000 more new faces (seeds 130-133) lit the same way: train_pm14.zarr.
 for s in 130 131 132 133; do pool_faces "$s" train_pm14.zarr; done
+# Stage 15's: 8000 more new faces (seeds 134-141) lit the same way: train_pm15.zarr.
+for s in 134 135 136 137 138 139 140 141; do pool_faces "$s" train_pm15.zarr; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \

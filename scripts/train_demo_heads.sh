@@ -5,8 +5,8 @@
 # train_bg4.zarr: 2000 more of those; train_new.zarr: 4000 portraits of new faces, half of
 # them with another env map behind them; train_more.zarr: 4000 more of those;
 # train_plain.zarr and train_fresh.zarr: 4000 more new faces each, made the same way;
-# train_pm.zarr and train_pm14.zarr: 4000 more each lit by a pool of 20 real HDRIs), then
-# fourteen training stages,
+# train_pm.zarr and train_pm14.zarr: 4000 more each lit by a pool of 20 real HDRIs;
+# train_pm15.zarr: 8000 more lit the same way), then fifteen training stages,
 # each from the one before:
 #   1. configs/demo-heads.yaml from scratch (3000 steps);
 #   2. configs/demo-heads-finetune.yaml (500 steps, detail weight 6.0);
@@ -20,7 +20,8 @@
 #  11. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_plain.zarr;
 #  12. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_fresh.zarr;
 #  13. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_pm.zarr;
-#  14. configs/demo-heads-light-sharp.yaml again for 1000 steps on train_pm14.zarr.
+#  14. configs/demo-heads-light-sharp.yaml again for 1000 steps on train_pm14.zarr;
+#  15. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_pm15.zarr.
 # What each stage did on the leave-HDRI-out set: benchmarks/results/cpu-leave-hdri-out.md.
 # Usage: scripts/train_demo_heads.sh WORKDIR (WORKDIR may already hold the data; the recipe
 # skips what exists and resumes the cache).
@@ -54,7 +55,9 @@ delit train-heads --cache "$work/train_fresh.zarr" --out "$work/stage12" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage11" --steps 2000
 delit train-heads --cache "$work/train_pm.zarr" --out "$work/stage13" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage12" --steps 2000
-delit train-heads --cache "$work/train_pm14.zarr" --out "$work/final" \
+delit train-heads --cache "$work/train_pm14.zarr" --out "$work/stage14" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage13" --steps 1000
+delit train-heads --cache "$work/train_pm15.zarr" --out "$work/final" \
+    --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage14" --steps 2000
 cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
 cp "$work/final/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"
