@@ -159,3 +159,31 @@ def train_heads_cmd(
     if dist_info().is_main:
         val = ", ".join(f"{k} {v:.4g}" for k, v in sorted(trainer.last_val.items()))
         typer.echo(f"{out}: {trainer.step} steps done; val: {val or 'no val split'}")
+
+
+@app.command("average-heads")
+def average_heads_cmd(
+    run: Annotated[Path, typer.Argument(help="A finished run folder of delit train-heads.")],
+    out: Annotated[Path, typer.Option("--out", help="New run folder for the averaged heads.")],
+    steps: Annotated[
+        str | None,
+        typer.Option("--steps", help="Comma-separated steps of RUN/checkpoints to average."),
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option("--last", help="Average the N newest step checkpoints.")
+    ] = None,
+) -> None:
+    """Average a run's heads over some of its saved steps (checkpoint averaging)."""
+    from delit_cache.train.averaging import write_averaged_run
+    from delit_cache.utils.errors import DelitError
+
+    if (steps is None) == (last is None):
+        raise DelitError("pass exactly one of --steps and --last")
+    chosen = None
+    if steps is not None:
+        try:
+            chosen = [int(s) for s in steps.split(",")]
+        except ValueError:
+            raise DelitError(f"--steps {steps!r}: not a comma-separated list of steps") from None
+    folder = write_averaged_run(run, out, steps=chosen, last=last or 0)
+    typer.echo(f"{folder}: heads averaged over {len(chosen) if chosen else last} checkpoints")

@@ -21,7 +21,8 @@
 #  12. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_fresh.zarr;
 #  13. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_pm.zarr;
 #  14. configs/demo-heads-light-sharp.yaml again for 1000 steps on train_pm14.zarr;
-#  15. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_pm15.zarr.
+#  15. configs/demo-heads-light-sharp.yaml again for 2000 steps on train_pm15.zarr, then the
+#      run's last four checkpoints averaged (delit average-heads --last 4).
 # What each stage did on the leave-HDRI-out set: benchmarks/results/cpu-leave-hdri-out.md.
 # Usage: scripts/train_demo_heads.sh WORKDIR (WORKDIR may already hold the data; the recipe
 # skips what exists and resumes the cache).
@@ -57,7 +58,8 @@ delit train-heads --cache "$work/train_pm.zarr" --out "$work/stage13" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage12" --steps 2000
 delit train-heads --cache "$work/train_pm14.zarr" --out "$work/stage14" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage13" --steps 1000
-delit train-heads --cache "$work/train_pm15.zarr" --out "$work/final" \
+delit train-heads --cache "$work/train_pm15.zarr" --out "$work/stage15" \
     --config "$here/configs/demo-heads-light-sharp.yaml" --init-from "$work/stage14" --steps 2000
+delit average-heads "$work/stage15" --out "$work/final" --last 4
 cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
 cp "$work/final/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"

@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.pt"
-_STEP_FILE = re.compile(r"^step_(\d{6,})\.pt$")
+STEP_FILE = re.compile(r"^step_(\d{6,})\.pt$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,7 +71,7 @@ def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep_last: int)
     for target in (step_path, folder / LATEST):
         with atomic_path(target) as tmp:
             torch.save(state, tmp)
-    steps = sorted(p for p in folder.iterdir() if _STEP_FILE.match(p.name))
+    steps = sorted(p for p in folder.iterdir() if STEP_FILE.match(p.name))
     for old in steps[:-keep_last]:
         old.unlink(missing_ok=True)
     return step_path
@@ -81,7 +81,7 @@ def load_resumable(run: Path) -> dict[str, Any]:
     """The newest intact checkpoint of ``run``: ``latest.pt``, else (with a warning) the newest
     ``step_XXXXXX.pt`` that loads; ``DelitError`` naming the first problem when none does."""
     folder = run / CKPT_DIR
-    steps = sorted((p for p in folder.glob("step_*.pt") if _STEP_FILE.match(p.name)), reverse=True)
+    steps = sorted((p for p in folder.glob("step_*.pt") if STEP_FILE.match(p.name)), reverse=True)
     problems = []
     for path in [folder / LATEST, *steps]:
         try:

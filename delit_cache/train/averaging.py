@@ -1,0 +1,104 @@
+"""Checkpoint averaging: a finished run's heads averaged over some of its saved steps.
+
+Late in a cosine schedule a run's saved steps scatter around one solution; their uniform
+mean (as fairseq's ``average_checkpoints`` and stochastic weight averaging take it) can score
+better than any one of them. ``delit average-heads`` writes the mean as a new run folder
+(``heads.safetensors``, the run's ``config.yaml`` and ``mean_env.exr``) that ``eval``,
+``infer`` and ``--init-from`` read like any other.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from delit_cache.models.pretrained import HEADS_FILENAME, heads_metadata, load_heads, save_heads
+from delit_cache.train import state as trainstate
+from delit_cache.utils.atomic import check_output_dir
+from delit_cache.utils.errors import DelitError
+
+RUN_FILES = ("config.yaml", "mean_env.exr")  # copied from the run beside the averaged heads
+
+
+def _step(path: Path) -> int:
+    """The step of a ``step_XXXXXX.pt`` file."""
+    return int(trainstate.STEP_FILE.match(path.name)[1])
+
+
+def step_checkpoints(run: Path, steps: list[int] | None = None, last: int = 0) -> list[Path]:
+    """The ``step_XXXXXX.pt`` files of ``run``: those of ``steps``, or the ``last`` newest."""
+    folder = run / trainstate.CKPT_DIR
+    if steps:
+        if len(set(steps)) != len(steps):
+            raise DelitError(f"--steps {','.join(map(str, steps))}: a step is named twice")
+        paths = [folder / f"step_{s:06d}.pt" for s in steps]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DelitError(f"{missing[0]}: no such checkpoint (keep_last may have dropped it)")
+        return paths
+    if last < 2:
+        raise DelitError(f"--last {last}: average at least 2 checkpoints")
+    found = sorted(
+        (p for p in folder.glob("step_*.pt") if trainstate.STEP_FILE.match(p.name)), key=_step
+    )
+    if len(found) < last:
+        raise DelitError(f"{folder}: {len(found)} step checkpoints, fewer than --last {last}")
+    return found[-last:]
+
+
+def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The uniform mean (in float64, stored as float32) of the checkpoints' heads weights;
+    integer tensors must agree. ``DelitError`` naming the first file that does not match."""
+    first = trainstate.load_checkpoint(paths[0])["heads"]
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
+    for path in paths[1:]:
+        heads = trainstate.load_checkpoint(path)["heads"]
+        if heads.keys() != sums.keys():
+            raise DelitError(f"{path}: other heads weights than {paths[0].name}")
+        for k, v in heads.items():
+            if v.shape != sums[k].shape:
+                raise DelitError(f"{path}: {k} is {tuple(v.shape)}, not {tuple(sums[k].shape)}")
+            if v.is_floating_point():
+                sums[k] += v.double()
+            elif not torch.equal(v, sums[k]):
+                raise DelitError(f"{path}: {k} differs from {paths[0].name}")
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in sums.items()}
+
+
+def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, last: int = 0) -> Path:
+    """``out``: a run folder whose heads are the mean of ``run``'s chosen step checkpoints.
+
+    ``run`` must be finished (its ``heads.safetensors`` gives the architecture and training
+    facts); ``out`` must not exist. The folder is built under a temp name, then renamed.
+    """
+    run, out = Path(run), Path(out)
+    final = run / HEADS_FILENAME
+    if not final.is_file():
+        raise DelitError(f"{run}: not a finished run folder (no {HEADS_FILENAME})")
+    if out.exists():
+        raise DelitError(f"{out}: exists already (pass a new --out)")
+    check_output_dir(out.parent)
+    paths = step_checkpoints(run, steps, last)
+    heads = load_heads(final)
+    try:
+        heads.load_state_dict(average_heads(paths), strict=True)
+    except RuntimeError as exc:
+        raise DelitError(f"{paths[0]}: does not match {final} ({exc})") from None
+    extra = heads_metadata(final)
+    extra["averaged_steps"] = [_step(p) for p in paths]
+    extra["averaged_from"] = str(run.resolve())
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_heads(heads, tmp / HEADS_FILENAME, extra)
+        for name in RUN_FILES:
+            if (run / name).is_file():
+                shutil.copy2(run / name, tmp / name)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
