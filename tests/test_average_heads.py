@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -67,6 +69,7 @@ def test_named_steps_and_cli(tmp_path, capsys):
         (["--steps", "500,500"], "named twice"),
         (["--steps", "500,7"], "step_000007.pt: no such checkpoint"),
         (["--steps", "5x"], "not a comma-separated list"),
+        (["--steps", "500,-5"], "steps are positive numbers"),
         (["--last", "1"], "at least 2"),
         (["--last", "9"], "fewer than --last 9"),
         ([], "exactly one of --steps and --last"),
@@ -79,6 +82,15 @@ def test_cli_refusals_name_the_problem(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "avg").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_an_output_that_cannot_be_made_is_named(tmp_path, capsys):
+    run, _ = _finished_run(tmp_path)
+    out = "/proc/delit-average-heads-test"  # no one, root included, can make a folder there
+    assert main(["average-heads", str(run), "--out", out, "--last", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}:" in err and ".partial" not in err and "Traceback" not in err
 
 
 def test_refuses_unfinished_runs_existing_output_and_foreign_checkpoints(tmp_path):

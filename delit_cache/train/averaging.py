@@ -31,6 +31,8 @@ def step_checkpoints(run: Path, steps: list[int] | None = None, last: int = 0) -
     """The ``step_XXXXXX.pt`` files of ``run``: those of ``steps``, or the ``last`` newest."""
     folder = run / trainstate.CKPT_DIR
     if steps:
+        if min(steps) < 1:
+            raise DelitError(f"--steps {','.join(map(str, steps))}: steps are positive numbers")
         if len(set(steps)) != len(steps):
             raise DelitError(f"--steps {','.join(map(str, steps))}: a step is named twice")
         paths = [folder / f"step_{s:06d}.pt" for s in steps]
@@ -91,7 +93,10 @@ def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, las
     extra["averaged_from"] = str(run.resolve())
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     try:
         save_heads(heads, tmp / HEADS_FILENAME, extra)
         for name in RUN_FILES:
