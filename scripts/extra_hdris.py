@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from delit_cache.data.imageio import read_hdr, write_exr
 from delit_cache.synth.environments import HELDOUT_HDRIS, packaged_hdri_dir
+from delit_cache.utils.atomic import atomic_dir
 from delit_cache.utils.errors import DelitError
 
 LEAK = 0.9  # correlation with a held-out map above which the script refuses to go on
@@ -131,18 +132,14 @@ def build_pool(tarball: Path, out: Path) -> list[str]:
             neg = float(np.clip(-arr, 0, None).sum() / np.clip(arr, 0, None).sum())
             print(f"pm_{name}: {what}, negative energy {neg:.1e} of the positive set to 0")
             keep[f"pm_{name}"] = np.maximum(arr, 0.0)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        partial.mkdir(parents=True)
-        for p in packaged:
-            if p.stem not in HELDOUT_HDRIS:
-                shutil.copyfile(p, partial / p.name)
-        for stem, arr in keep.items():
-            write_exr(partial / f"{stem}.exr", arr, half=False)
-        partial.rename(out)
+        with atomic_dir(out) as partial:
+            for p in packaged:
+                if p.stem not in HELDOUT_HDRIS:
+                    shutil.copyfile(p, partial / p.name)
+            for stem, arr in keep.items():
+                write_exr(partial / f"{stem}.exr", arr, half=False)
     except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
         raise Refused(f"{out}: cannot write ({exc.strerror or exc})") from None
     return sorted(p.stem for p in out.glob("*.exr"))
 

@@ -18,10 +18,10 @@ SMALL = DelitConfig(extractor_width=32, extractor_blocks=1, flat_width=32, env_w
 OTHER = DelitConfig(extractor_width=16, extractor_blocks=1, flat_width=32, env_width=32, env_dim=64)
 
 
-def _checkpoint(run, step, config=SMALL):
+def _checkpoint(run, step, config=SMALL, keep_last=10):
     heads = create_heads(config, seed=step % 1000)
     state = {"heads": heads.state_dict(), "optimizer": {}, "scheduler": {}, "step": step, "rng": {}}
-    trainstate.save_checkpoint(run, state, step, keep_last=10)
+    trainstate.save_checkpoint(run, state, step, keep_last=keep_last)
     return heads
 
 
@@ -106,5 +106,19 @@ def test_refuses_unfinished_runs_existing_output_and_foreign_checkpoints(tmp_pat
     (run / "checkpoints" / "step_3000000.pt").write_bytes(b"\x00damaged" * 8)
     with pytest.raises(DelitError, match="unreadable checkpoint"):
         write_averaged_run(run, tmp_path / "avg", steps=[500, 3000000])
-    assert not (tmp_path / "avg").exists()
-    assert not list(tmp_path.glob(".avg*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]  # no avg, no avg.partial
+
+
+def test_checkpoint_rotation_and_resume_order_steps_by_number(tmp_path):
+    """Past step 999999 the file names grow a digit; the newest steps must still be the ones
+    kept and resumed from (a name sort puts step_1000000.pt before step_999999.pt)."""
+    run = tmp_path / "run"
+    for step in (999998, 999999, 1000000, 1000001):
+        _checkpoint(run, step, keep_last=2)
+    folder = run / "checkpoints"
+    assert [p.name for p in trainstate.step_files(folder)] == [
+        "step_1000000.pt",
+        "step_1000001.pt",
+    ]
+    (folder / "latest.pt").write_bytes(b"damaged")
+    assert trainstate.load_resumable(run)["step"] == 1000001

@@ -16,15 +16,10 @@ import torch
 
 from delit_cache.models.pretrained import HEADS_FILENAME, heads_metadata, load_heads, save_heads
 from delit_cache.train import state as trainstate
-from delit_cache.utils.atomic import check_output_dir
+from delit_cache.utils.atomic import atomic_dir, check_output_dir
 from delit_cache.utils.errors import DelitError
 
 RUN_FILES = ("config.yaml", "mean_env.exr")  # copied from the run beside the averaged heads
-
-
-def _step(path: Path) -> int:
-    """The step of a ``step_XXXXXX.pt`` file."""
-    return int(trainstate.STEP_FILE.match(path.name)[1])
 
 
 def step_checkpoints(run: Path, steps: list[int] | None = None, last: int = 0) -> list[Path]:
@@ -42,9 +37,7 @@ def step_checkpoints(run: Path, steps: list[int] | None = None, last: int = 0) -
         return paths
     if last < 2:
         raise DelitError(f"--last {last}: average at least 2 checkpoints")
-    found = sorted(
-        (p for p in folder.glob("step_*.pt") if trainstate.STEP_FILE.match(p.name)), key=_step
-    )
+    found = trainstate.step_files(folder)
     if len(found) < last:
         raise DelitError(f"{folder}: {len(found)} step checkpoints, fewer than --last {last}")
     return found[-last:]
@@ -73,7 +66,7 @@ def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, las
     """``out``: a run folder whose heads are the mean of ``run``'s chosen step checkpoints.
 
     ``run`` must be finished (its ``heads.safetensors`` gives the architecture and training
-    facts); ``out`` must not exist. The folder is built under a temp name, then renamed.
+    facts); ``out`` must not exist. The folder is built as ``out.partial``, then renamed.
     """
     run, out = Path(run), Path(out)
     final = run / HEADS_FILENAME
@@ -89,21 +82,11 @@ def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, las
     except RuntimeError as exc:
         raise DelitError(f"{paths[0]}: does not match {final} ({exc})") from None
     extra = heads_metadata(final)
-    extra["averaged_steps"] = [_step(p) for p in paths]
+    extra["averaged_steps"] = [trainstate.checkpoint_step(p) for p in paths]
     extra["averaged_from"] = str(run.resolve())
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(out)) from None
-    try:
+    with atomic_dir(out) as tmp:
         save_heads(heads, tmp / HEADS_FILENAME, extra)
         for name in RUN_FILES:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -63,6 +63,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``step_XXXXXX.pt`` file."""
+    return int(STEP_FILE.match(path.name)[1])
+
+
+def step_files(folder: Path) -> list[Path]:
+    """The ``step_XXXXXX.pt`` files of a checkpoint folder, oldest step first (by number, so
+    step 1000000 sorts after 999999)."""
+    return sorted(
+        (p for p in folder.glob("step_*.pt") if STEP_FILE.match(p.name)), key=checkpoint_step
+    )
+
+
 def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep_last: int) -> Path:
     """Write ``step_XXXXXX.pt`` and ``latest.pt`` atomically; drop all but ``keep_last`` steps."""
     folder = run / CKPT_DIR
@@ -71,8 +84,7 @@ def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep_last: int)
     for target in (step_path, folder / LATEST):
         with atomic_path(target) as tmp:
             torch.save(state, tmp)
-    steps = sorted(p for p in folder.iterdir() if STEP_FILE.match(p.name))
-    for old in steps[:-keep_last]:
+    for old in step_files(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return step_path
 
@@ -81,9 +93,8 @@ def load_resumable(run: Path) -> dict[str, Any]:
     """The newest intact checkpoint of ``run``: ``latest.pt``, else (with a warning) the newest
     ``step_XXXXXX.pt`` that loads; ``DelitError`` naming the first problem when none does."""
     folder = run / CKPT_DIR
-    steps = sorted((p for p in folder.glob("step_*.pt") if STEP_FILE.match(p.name)), reverse=True)
     problems = []
-    for path in [folder / LATEST, *steps]:
+    for path in [folder / LATEST, *reversed(step_files(folder))]:
         try:
             state = load_checkpoint(path)
         except DelitError as exc:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -100,6 +101,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename == str(tmp_path):  # name the file itself
             raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield ``path.partial``, a fresh empty folder beside ``path`` (one a killed writer left
+    is removed first); on success it is renamed to ``path``, on error removed. A folder that
+    cannot be made is ``OSError`` naming ``path``, not the temp name."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        yield partial
+        partial.rename(path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
