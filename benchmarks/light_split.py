@@ -15,7 +15,15 @@ the zenith. Beside them: the checkpoint's mean env map (the free baseline), and
 the true map's own first moment (its luminance-weighted mean direction), which says how far
 the brightest light lies from where the light as a whole comes from (what the diffuse
 shading of a face shows), and each prediction's first moment (where its light as a whole
-lies, against where its brightest pixel lies).
+lies, against where its brightest pixel lies). Bounds from the true maps alone: the
+direction in which a surface seen through a clamped ``cos^n`` lobe is brightest. n = 1: a
+white Lambertian surface, what the diffuse shading of a face can show, over every normal and
+over the normals facing the camera (+z) only, as a face's are; 8 and 32: glossy lobes about
+the mirror direction, what sheen and highlights can show (the mirror directions of a face's
+camera-facing normals cover the whole sphere, so every direction counts). Beside the rows
+per env source and for all samples, two more: the samples whose true brightest light lies on
+the camera's side of the subject (z > 0, where it lights the face) and those whose light lies
+behind it.
 Prints a markdown table with the date, machine and command.
 """
 
@@ -34,6 +42,7 @@ from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import expand_shards, raw_samples
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
 from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
 from delit_cache.train.losses import soft_light_direction
 from delit_cache.utils.errors import DelitError
@@ -66,6 +75,25 @@ def first_moment(env: torch.Tensor) -> torch.Tensor:
     return soft_light_direction(env, sharpness=1.0)
 
 
+LOBE_SIZE = (64, 128)  # map size of the lobe bounds (an 8192 x 8192 kernel)
+LOBE_EXPONENTS = (1, 8, 32)  # cos^n lobes: diffuse, then two glossy widths
+_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+
+
+def lobe_peaks(env: torch.Tensor, exponent: int, camera_side: bool) -> torch.Tensor:
+    """Unit normal ``[B,3]`` at which a surface lit by env maps ``[B,3,H,W]`` and seen through
+    a clamped ``cos^exponent`` lobe is brightest (luminance); with ``camera_side`` only
+    normals facing the camera (z > 0) count."""
+    x = resample_env(env.float(), LOBE_SIZE)
+    dirs = direction_grid(*LOBE_SIZE).flatten(1)  # [3,P]
+    kernel = (dirs.T @ dirs).clamp_min(0.0) ** exponent * solid_angles(*LOBE_SIZE).flatten()
+    lum = torch.einsum("c,bcp->bp", _LUMA, x.flatten(2))
+    response = lum @ kernel.T  # [B,P]: kernel rows are normals, columns light directions
+    if camera_side:
+        response = response.masked_fill(dirs[2] <= 0, -torch.inf)
+    return dirs[:, response.argmax(1)].T
+
+
 ZENITH_CONE_DEG = 15.0  # "near the zenith": elevation above 90 - this
 
 
@@ -90,6 +118,8 @@ def rows_for(
     zenith = (estimate[:, 1] > np.cos(np.radians(ZENITH_CONE_DEG))).numpy()
     rows = []
     for group, mask in groups.items():
+        if not mask.any():
+            continue
         e = errors[mask]
         se = e.std(ddof=1) / np.sqrt(len(e)) if len(e) > 1 else float("nan")
         stats = [f"{e.mean():.1f}", f"{se:.1f}", f"{np.median(e):.1f}", f"{(e < 30).mean():.2f}"]
@@ -117,8 +147,15 @@ def report(args: argparse.Namespace, argv: list[str] | None) -> int:
     relit = torch.from_numpy(cache.read("relit_latent"))
     true_env = torch.from_numpy(cache.read("env"))
     true_dir = brightest_direction(true_env)
+    camera_side = (true_dir[:, 2] > 0).numpy()  # the true light on the camera's side (+z)
+    groups |= {"all, light on the camera side": camera_side, "all, light behind": ~camera_side}
     rows = rows_for("true map's brightest light", true_dir, true_dir, groups)
     rows += rows_for("true map's first moment", first_moment(true_env), true_dir, groups)
+    lobes = [(1, False), (1, True), *((n, False) for n in LOBE_EXPONENTS[1:])]
+    for n, camera_side in lobes:
+        peak = lobe_peaks(true_env, n, camera_side)
+        where = ", camera side" if camera_side else ""
+        rows += rows_for(f"true map through cos^{n}{where}", peak, true_dir, groups)
     baseline_done = False
     for spec in args.eval:
         name, _, checkpoint = spec.partition("=")

@@ -25,6 +25,8 @@
 # and the same with `--indoor-layout one-source` into train_s13b.zarr: twelfth session.) Then
 # train_pm.zarr, stage 13's, and train_pm14.zarr, stage 14's: 4000 more new faces (seeds
 # 130-133) lit the same way (below); train_pm15.zarr, stage 15's: 8000 more (seeds 134-141).
+# (4000 more, seeds 142-145, `pool_faces S train_pm16.zarr`, with and without `delit encode
+# --augment 2`, were measured and not kept: cpu-leave-hdri-out.md, sixteenth session.)
 # Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).

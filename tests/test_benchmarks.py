@@ -253,6 +253,10 @@ def test_light_split_table(tmp_path):
         "shipped",
         "shipped, first moment",
         "mean env map (shipped)",
+        "true map through cos^1",
+        "true map through cos^1, camera side",
+        "true map through cos^8",
+        "true map through cos^32",
     }
     for row in rows:
         assert 0.0 <= float(row["mean error (deg)"]) <= 180.0
@@ -261,9 +265,15 @@ def test_light_split_table(tmp_path):
         if row["estimate"] == "true map's brightest light":
             assert float(row["mean error (deg)"]) < 0.01 and row["share < 30 deg"] == "1.00"
     assert (
-        sum(int(r["n"]) for r in rows if r["estimate"] == "shipped" and r["env source"] != "all")
+        sum(
+            int(r["n"])
+            for r in rows
+            if r["estimate"] == "shipped" and not r["env source"].startswith("all")
+        )
         == 3
     )
+    sides = [r for r in rows if r["estimate"] == "shipped" and r["env source"].startswith("all, ")]
+    assert sum(int(r["n"]) for r in sides) == 3  # camera side and behind: every sample once
     for bad in ("shipped", "shipped=" + str(tmp_path / "missing")):  # one line, exit 2
         done = subprocess.run(
             [*script, "--data", str(data), "--eval", bad], cwd=ROOT, capture_output=True, text=True
@@ -288,6 +298,29 @@ def test_light_split_table(tmp_path):
     groups = {"all": np.ones(2, bool)}
     (row,) = ls.rows_for("x", torch.cat([up, level]), torch.cat([level, level]), groups)
     assert row[-1] == "0.50" and row[3] == "45.0"  # one of two near the zenith; (90 + 0) / 2
+
+    # the lobe bounds: one small light is found by every lobe; behind the subject (-z) the
+    # camera side only reaches the rim; a wide dim source beside a small bright lamp draws
+    # the diffuse peak, a narrow lobe the lamp
+    from delit_cache.lighting.envmap import direction_grid
+
+    dirs = direction_grid(32, 64).flatten(1)
+    lamp_front = torch.full((1, 3, 32, 64), 1e-3)
+    lamp_front[..., 12, 4] = 1e4  # z > 0 (camera side)
+    true_dir = dirs[:, 12 * 64 + 4][None]
+    assert dirs[2, 12 * 64 + 4] > 0.3
+    for n in (1, 8, 32):
+        assert ls.angle_deg(ls.lobe_peaks(lamp_front, n, True), true_dir)[0] < 6.0
+    lamp_back = torch.full((1, 3, 32, 64), 1e-3)
+    lamp_back[..., 16, 32] = 1e4  # straight behind the subject: -z
+    rim = ls.lobe_peaks(lamp_back, 1, True)
+    assert abs(float(rim[0, 2])) < 0.1 and ls.lobe_peaks(lamp_back, 1, False)[0, 2] < -0.95
+    mixed = torch.full((1, 3, 32, 64), 1e-3)
+    mixed[..., 8:24, 40:56] = 1.0  # a wide source around +x
+    mixed[..., 16, 16] = 100.0  # a small lamp around -x
+    lamp_dir = dirs[:, 16 * 64 + 16][None]
+    assert ls.angle_deg(ls.lobe_peaks(mixed, 1, False), lamp_dir)[0] > 90.0
+    assert ls.angle_deg(ls.lobe_peaks(mixed, 32, False), lamp_dir)[0] < 6.0
 
 
 def test_sphere_proxy_table(tmp_path):
