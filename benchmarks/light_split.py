@@ -43,6 +43,7 @@ from delit_cache.data.shards import expand_shards, raw_samples
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
+from delit_cache.lighting.render import LUMA
 from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
 from delit_cache.train.losses import soft_light_direction
 from delit_cache.utils.errors import DelitError
@@ -77,7 +78,6 @@ def first_moment(env: torch.Tensor) -> torch.Tensor:
 
 LOBE_SIZE = (64, 128)  # map size of the lobe bounds (an 8192 x 8192 kernel)
 LOBE_EXPONENTS = (1, 8, 32)  # cos^n lobes: diffuse, then two glossy widths
-_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
 
 
 def lobe_peaks(env: torch.Tensor, exponent: int, camera_side: bool) -> torch.Tensor:
@@ -87,7 +87,7 @@ def lobe_peaks(env: torch.Tensor, exponent: int, camera_side: bool) -> torch.Ten
     x = resample_env(env.float(), LOBE_SIZE)
     dirs = direction_grid(*LOBE_SIZE).flatten(1)  # [3,P]
     kernel = (dirs.T @ dirs).clamp_min(0.0) ** exponent * solid_angles(*LOBE_SIZE).flatten()
-    lum = torch.einsum("c,bcp->bp", _LUMA, x.flatten(2))
+    lum = torch.einsum("c,bcp->bp", torch.tensor(LUMA), x.flatten(2))
     response = lum @ kernel.T  # [B,P]: kernel rows are normals, columns light directions
     if camera_side:
         response = response.masked_fill(dirs[2] <= 0, -torch.inf)

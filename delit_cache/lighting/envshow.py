@@ -17,7 +17,7 @@ import torch
 
 from delit_cache.data.imageio import linear_to_srgb
 from delit_cache.lighting.envmap import ENV_SIZE, as_env_batch, resample_env
-from delit_cache.lighting.render import render_spheres
+from delit_cache.lighting.render import LUMA, render_spheres
 
 PANO_KEY = 0.18
 SPHERE_KEY = 0.3
@@ -27,7 +27,7 @@ BACKGROUND = 0.12  # display value of the background
 
 
 def _luminance(x: torch.Tensor) -> torch.Tensor:
-    return 0.2126 * x[0] + 0.7152 * x[1] + 0.0722 * x[2]
+    return LUMA[0] * x[0] + LUMA[1] * x[1] + LUMA[2] * x[2]
 
 
 def tonemap_median_key(

@@ -30,7 +30,7 @@ from delit_cache.lighting.envmap import (
     resample_env,
     solid_angles,
 )
-from delit_cache.lighting.render import render_spheres
+from delit_cache.lighting.render import LUMA, render_spheres
 from delit_cache.utils.tensors import as_image_batch
 
 SPHERES = ("diffuse", "matte", "mirror")
@@ -89,7 +89,7 @@ def nrmse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None
 
 def _blur_lum(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(blurred, raw) luminance ``[B,h,w]``; the blur: a 5-tap binomial twice, wrapping in u."""
-    lum = (env * torch.tensor([0.2126, 0.7152, 0.0722], device=env.device)[:, None, None]).sum(1)
+    lum = (env * torch.tensor(LUMA, device=env.device)[:, None, None]).sum(1)
     k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=env.device) / 16.0
     x = lum[:, None]
     for _ in range(2):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from delit_cache.data.imageio import linear_to_srgb
+from delit_cache.lighting import render
 from delit_cache.lighting.render import (
     diffuse_shading,
     mirror_lookup,
@@ -54,7 +55,7 @@ from delit_cache.synth.geometry import (
 )
 from delit_cache.synth.materials import Look, material_maps, sample_look
 
-LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+LUMA = torch.tensor(render.LUMA)
 METER_TARGET = 0.8
 CAVITY_K = 10.0
 DEPTH_K = 2.5

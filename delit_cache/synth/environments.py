@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from delit_cache.lighting import render
 from delit_cache.lighting.envmap import (
     ENV_SIZE,
     direction_grid,
@@ -52,7 +53,7 @@ _KELVIN = [
     (8000, (0.86, 0.91, 1.0)),
     (10000, (0.76, 0.84, 1.0)),
 ]
-LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+LUMA = torch.tensor(render.LUMA)
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from delit_cache.cache.store import DATA_ARRAYS, LatentCache
 from delit_cache.lighting.envcode import decode_env, encode_env
 from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
-from delit_cache.lighting.render import sphere_operators
+from delit_cache.lighting.render import LUMA, sphere_operators
 from delit_cache.lighting.sphere_metrics import brightest_direction, percentile_normalise
 from delit_cache.train.config import TrainConfig
 
-_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
+_LUMA = torch.tensor(LUMA)
 NRMSE_VIEW_SIZE = (64, 128)  # env nRMSE's map size (at 32x64 it tracked the metric poorly)
 
 
