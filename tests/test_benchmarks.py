@@ -398,3 +398,54 @@ def test_train_memory_table(tmp_path):
     assert (
         bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
     )
+
+
+def _view_averaging_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("va", ROOT / "benchmarks/view_averaging.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_view_averaging_matches_infer_and_moves_back():
+    """The 'plain' and 'mirror' view sets are exactly ``DelitModel.infer`` without and with
+    ``flip_average``; a shifted copy moved back lines up with the photo away from the border."""
+    import torch
+
+    from delit_cache.infer.delighter import load_vae_and_model
+
+    va = _view_averaging_module()
+    model, *_ = load_vae_and_model("demo", "demo", "cpu", "float32", 64)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for name, flip in (("plain", False), ("mirror", True)):
+        ours, theirs = va.infer_views(model, images, name), model.infer(images, flip_average=flip)
+        torch.testing.assert_close(ours["flat"], theirs["flat"])
+        torch.testing.assert_close(ours["env"], theirs["env"])
+    for view in va._views("mirror-shift", 3):
+        back = va._from_view(va._to_view(images, view), view)
+        torch.testing.assert_close(back[..., 3:-3, 3:-3], images[..., 3:-3, 3:-3])
+    assert len(va._views("mirror-shift", 3)) == 4 and va._views("plain", 3) == [(False, 0)]
+
+
+def test_view_averaging_table(tmp_path):
+    import json
+
+    from cli.app import main
+
+    data = tmp_path / "val"
+    assert main(["synth", "--out", str(data), "--n", "2", "--size", "64", "--seed", "3"]) == 0
+    script = [sys.executable, "benchmarks/view_averaging.py", "--checkpoint", "demo"]
+    args = ["--vae", "demo", "--data", str(data), "--views", "plain,latent-mirror,shift"]
+    text = _run([*script, *args, "--json", str(tmp_path / "v.json")])
+    _header_ok(text)
+    rows = {r["view set"]: r for r in _table(text)}
+    assert list(rows) == ["plain", "latent-mirror", "shift"]
+    assert [rows[k]["copies"] for k in rows] == ["1", "2", "2"]
+    for row in rows.values():
+        assert 0.0 < float(row["flat PSNR"]) < 100.0 and 0.0 <= float(row["light dir"]) <= 180.0
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["plain"]["n"] == 2
+    bad = subprocess.run([*script, *args[:4], "--views", "mirrors"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown ['mirrors']" in bad.stdout

@@ -245,9 +245,9 @@ def test_init_from_starts_at_the_given_heads_and_checks_them(tmp_path, cache_pat
 
 
 def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
-    """More flat blocks, a light head and a background matte may be added to trained heads:
-    they start almost where they were (the env map exactly, the matte 0.25 % open);
-    shrinking is refused."""
+    """More flat blocks, more env-decoder layers, a light head and a background matte may be
+    added to trained heads: they start almost where they were (the env map exactly, the matte
+    0.25 % open); shrinking is refused."""
     from cli.app import main
     from delit_cache.train.trainer import initial_heads
 
@@ -256,7 +256,10 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
     args = ["train-heads", "--cache", str(cache_path), "--config", config, "--no-progress"]
     assert main([*args, "--out", str(first), "--steps", "2", "--batch-size", "2"]) == 0
     cfg = load_config(config)
-    grown_model = dict(cfg.model, flat_blocks=3, light_head=True, flat_matte=True)
+    env_layers = cfg.heads_config().env_layers + 1
+    grown_model = dict(
+        cfg.model, flat_blocks=3, light_head=True, flat_matte=True, env_layers=env_layers
+    )
     grown_cfg = load_config(config, {"init_from": str(first), "model": grown_model})
     cache = cm.LatentCache(cache_path)
     grown = initial_heads(grown_cfg, cache, [0]).eval()
@@ -280,9 +283,12 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
     run = tmp_path / "grown"
     steps = ["--steps", "1", "--batch-size", "2", "--init-from", str(first)]
     assert main([*g_args, "--out", str(run), *steps]) == 0
-    assert load_heads(run / "heads.safetensors").config.light_head
+    trained = load_heads(run / "heads.safetensors")
+    assert trained.config.light_head and trained.config.env_layers == env_layers
+    assert trained.env_decoder.layers[-1].mlp[-1].weight.abs().sum() > 0  # the new layer trains
     shrunk = load_config(config, {"init_from": str(run)})
-    with pytest.raises(DelitError, match=r"other architecture: flat_blocks 3 \(config: 1\)"):
+    shrunk_env = rf"other architecture: env_layers {env_layers} \(config: {env_layers - 1}\)"
+    with pytest.raises(DelitError, match=shrunk_env + r", flat_blocks 3 \(config: 1\)"):
         initial_heads(shrunk, cache, [0])
 
 

@@ -39,6 +39,14 @@ class QueryLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
+    @torch.no_grad()
+    def zero_residuals(self) -> None:
+        """Make the layer the identity (its three residual branches output zero): how layers
+        added to trained heads start."""
+        for linear in (self.cross.out_proj, self.self_attn.out_proj, self.mlp[-1]):
+            linear.weight.zero_()
+            linear.bias.zero_()
+
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         kv = self.norm_kv(tokens)
         q = self.norm_q(queries)

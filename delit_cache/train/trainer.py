@@ -91,13 +91,15 @@ GROWABLE = {
     "flat_blocks": lambda old, new: new >= old,
     "light_head": lambda old, new: new or not old,
     "flat_matte": lambda old, new: new or not old,
+    "env_layers": lambda old, new: new >= old,  # the added layers start as the identity
 }
 
 
 def _grown(heads: DelitHeads, wanted: DelitConfig, source: str, seed: int) -> DelitHeads:
     """``heads`` loaded into heads of config ``wanted``, which may only add parts that start
-    as (almost) the identity (``GROWABLE``: more flat blocks, a light head, a background
-    matte; their initial weights drawn with ``seed``); else ``DelitError``."""
+    as (almost) the identity (``GROWABLE``: more flat blocks, more env-decoder layers, a light
+    head, a background matte; their initial weights drawn with ``seed``); else
+    ``DelitError``."""
     got, want = heads.config.to_dict(), wanted.to_dict()
     diff = {k for k in want if got[k] != want[k]}
     grows = all(k in GROWABLE and GROWABLE[k](got[k], want[k]) for k in diff)
@@ -111,6 +113,8 @@ def _grown(heads: DelitHeads, wanted: DelitConfig, source: str, seed: int) -> De
     result = grown.load_state_dict(heads.state_dict(), strict=False)
     if result.unexpected_keys:  # a growable field removed a part: a bug in GROWABLE
         raise DelitError(f"init_from {source}: weights left over: {result.unexpected_keys[:3]}")
+    for layer in grown.env_decoder.layers[got["env_layers"] :]:
+        layer.zero_residuals()
     return grown
 
 
