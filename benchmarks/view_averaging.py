@@ -40,6 +40,7 @@ from delit_cache.evaluate.evaluate import evaluate
 from delit_cache.infer.delighter import load_vae_and_model
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import mirror_env
+from delit_cache.utils.atomic import check_output_file
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
 
@@ -144,25 +145,35 @@ def _value(result: dict, keys: tuple[str, ...]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     names = [v.strip() for v in args.views.split(",") if v.strip()]
     unknown = sorted(set(names) - set(VIEW_SETS))
     if unknown or not names:
         print(f"--views: unknown {unknown or 'empty'}; choose from {', '.join(VIEW_SETS)}")
         return 2
-    if args.shift < 1:
-        print(f"--shift {args.shift}: must be >= 1")
-        return 2
+    for flag, value in (("--shift", args.shift), ("--batch-size", args.batch_size)):
+        if value < 1:
+            print(f"{flag} {value}: must be >= 1")
+            return 2
     try:
-        shards = expand_shards(args.data)
-        model, _, mean_env, info = load_vae_and_model(
-            args.checkpoint, args.vae, args.device, "float32", None
-        )
-    except DelitError as exc:
+        return _report(args, names)
+    except DelitError as exc:  # bad data, checkpoint or VAE: one line, no traceback
         print(exc)
         return 2
-    command = "python benchmarks/view_averaging.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
+    except OSError as exc:  # --out or --json cannot be written
+        print(f"{exc.filename}: {exc.strerror}")
+        return 2
+
+
+def _report(args: argparse.Namespace, names: list[str]) -> int:
+    shards = expand_shards(args.data)
+    for path in (args.out, args.json):
+        if path is not None:
+            check_output_file(path)  # a bad output path fails before the evaluations
+    model, _, mean_env, info = load_vae_and_model(
+        args.checkpoint, args.vae, args.device, "float32", None
     )
+    command = "python benchmarks/view_averaging.py " + shlex.join(args.argv)
     lines = run_header("Test-time views", command, args.device)
     lines += [
         f"- checkpoint: {info['checkpoint']}; data: {', '.join(map(str, args.data))}",

@@ -447,5 +447,11 @@ def test_view_averaging_table(tmp_path):
         assert 0.0 < float(row["flat PSNR"]) < 100.0 and 0.0 <= float(row["light dir"]) <= 180.0
     result = json.loads((tmp_path / "v.json").read_text())
     assert result["plain"]["n"] == 2
-    bad = subprocess.run([*script, *args[:4], "--views", "mirrors"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown ['mirrors']" in bad.stdout
+    for extra, message in (
+        (["--views", "mirrors"], "unknown ['mirrors']"),
+        (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+        (["--views", "plain", "--data", str(tmp_path / "none")], "no such shard"),
+        (["--views", "plain", "--json", str(tmp_path)], "Is a directory"),
+    ):
+        bad = subprocess.run([*script, *args[:4], *extra], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stdout and not bad.stderr.strip()
