@@ -80,7 +80,8 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def _views(name: str, shift: int) -> list[tuple[bool, int]]:
-    """(mirrored, shift in pixels) of every copy a pixel-space view set runs."""
+    """(mirrored, shift in pixels) of every copy view set ``name`` runs (``latent-mirror``
+    mirrors the latent rather than the photo, but maps its answers back the same way)."""
     mirrors = (False, True) if "mirror" in name else (False,)
     shifts = (0, shift) if "shift" in name else (0,)
     return [(m, s) for m in mirrors for s in shifts]
@@ -101,12 +102,11 @@ def _from_view(x: torch.Tensor, view: tuple[bool, int]) -> torch.Tensor:
 def infer_views(model, images: torch.Tensor, name: str, shift: int = 4) -> dict:
     """``DelitModel.infer``'s ``flat`` and ``env`` for view set ``name`` (``VIEW_SETS``)."""
     n, size = len(images), tuple(images.shape[-2:])
+    views = _views(name, shift)
     if name == "latent-mirror":
         latent = model.vae.encode(images).float()
         out = model.heads(torch.cat([latent, latent.flip(-1)]))
-        views = [(False, 0), (True, 0)]
     else:
-        views = _views(name, shift)
         batch = torch.cat([_to_view(images, v) for v in views])
         out = model.heads(model.vae.encode(batch).float())
     env = decode_env(out["env_code"].clamp(0.0, 1.0)).split(n)
@@ -193,7 +193,7 @@ def _report(args: argparse.Namespace, names: list[str]) -> int:
         )
         seconds = time.perf_counter() - start
         results[name] = result
-        copies = 2 if name == "latent-mirror" else len(_views(name, args.shift))
+        copies = len(_views(name, args.shift))
         cells = [f"{_value(result, keys):.{digits}f}" for _, keys, digits in COLUMNS]
         lines.append(f"| {name} | {copies} | {seconds:.0f} | " + " | ".join(cells) + " |")
     lines += ["", f"Samples: n={results[names[0]]['n']} per view set."]
