@@ -30,7 +30,6 @@ Prints a markdown table with the date, machine and command.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from delit_cache.cache.store import LatentCache
-from delit_cache.data.shards import expand_shards, raw_samples
+from delit_cache.data.shards import env_sources
 from delit_cache.infer.delighter import resolve_checkpoint
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
@@ -58,15 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     return p.parse_args(argv)
-
-
-def env_sources(shards: str) -> dict[str, str]:
-    """Sample key -> ``env_source`` from the shards' JSON metadata."""
-    out = {}
-    for raw in raw_samples(expand_shards(shards)):
-        meta = json.loads(raw["json"]) if "json" in raw else {}
-        out[raw["__key__"]] = str(meta.get("env_source", "unknown"))
-    return out
 
 
 def first_moment(env: torch.Tensor) -> torch.Tensor:

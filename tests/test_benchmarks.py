@@ -455,3 +455,55 @@ def test_view_averaging_table(tmp_path):
     ):
         bad = subprocess.run([*script, *args[:4], *extra], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stdout and not bad.stderr.strip()
+
+
+def test_colour_split_table(tmp_path):
+    """The mean map and each --eval's heads, over all samples and per env source (sources
+    with one sample left out), with the angle as scored, with each image's own colour and
+    with one colour for the set; bad --n and --eval are one error line each."""
+    from cli.app import main
+
+    data, cache = tmp_path / "val", tmp_path / "val.zarr"
+    assert main(["synth", "--out", str(data), "--n", "6", "--size", "64", "--seed", "3"]) == 0
+    encode = ["encode", "--vae", "demo", "--data", str(data), "--out", str(cache), "--size", "64"]
+    assert main([*encode, "--device", "cpu"]) == 0
+    script = [sys.executable, "benchmarks/colour_split.py", "--cache", str(cache)]
+    out = tmp_path / "t.md"
+    text = _run([*script, "--data", str(data), "--eval", "shipped=demo", "--out", str(out)])
+    _header_ok(text)
+    assert out.read_text() == text
+    rows = _table(text)
+    alls = [r for r in rows if r["env source"] == "all"]
+    assert [r["guess"] for r in alls] == ["the mean map", "shipped"]
+    assert all(r["n"] == "6" for r in alls)
+    per_source = [r for r in rows if r["guess"] == "shipped" and r["env source"] != "all"]
+    assert per_source and all(int(r["n"]) >= 2 for r in per_source)
+    assert sum(int(r["n"]) for r in per_source) <= 6
+    for row in rows:
+        assert 0.0 < float(row["diffuse angle (deg)"]) <= 180.0
+        assert 0.0 <= float(row["with each image's own colour (deg)"]) <= 180.0
+        assert 0.0 <= float(row["with one colour for the set (deg)"]) <= 180.0
+    assert alls[0]["chromaticity correlation R / G / B"] == "- / - / -"
+    for args, line in (
+        (["--n", "1"], "error: --n 1: must be >= 2"),
+        (["--eval", "nocheckpoint"], "error: --eval 'nocheckpoint': expected NAME=CHECKPOINT"),
+    ):
+        bad = subprocess.run([*script, *args], cwd=ROOT, capture_output=True, text=True)
+        assert bad.returncode == 2 and bad.stderr.strip() == line
+
+
+def test_colour_split_separates_a_colour_cast_from_a_layout_error():
+    """A guess that is the true map under another white balance loses its whole angle to the
+    per-image colour; a guess that is the true map turned about the vertical keeps it."""
+    import torch
+
+    from benchmarks.colour_split import split_row
+
+    gen = torch.Generator().manual_seed(0)
+    sky = torch.rand(3, 3, 16, 32, generator=gen) * torch.tensor([0.4, 0.6, 1.0])[:, None, None]
+    sky[:, :, 4:6, 8:10] += torch.tensor([40.0, 30.0, 20.0])[:, None, None]  # a warm sun
+    cast = split_row(sky * torch.tensor([1.3, 1.0, 0.7])[:, None, None], sky)
+    assert cast["scored"] > 1.0 and cast["own"] < 0.01 and cast["shared"] < 0.01
+    assert torch.allclose(torch.tensor(cast["gain"]).prod(), torch.tensor(1.0), atol=1e-5)
+    turned = split_row(sky.roll(16, dims=-1), sky)
+    assert turned["own"] > 0.5 * turned["scored"] > 0.1

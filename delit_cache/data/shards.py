@@ -248,6 +248,15 @@ def raw_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
         yield from _shard_samples(Path(shard))
 
 
+def env_sources(shards: str | Path | Sequence[str | Path]) -> dict[str, str]:
+    """Sample key -> the ``env_source`` of its JSON metadata ("unknown" where it has none)."""
+    out = {}
+    for raw in raw_samples(expand_shards(shards)):
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+        out[raw["__key__"]] = str(meta.get("env_source", "unknown"))
+    return out
+
+
 def _shard_samples(shard: Path) -> Iterator[dict[str, Any]]:
     """The raw samples of one shard; a read error becomes a ``DamagedShard`` line."""
     read = 0
