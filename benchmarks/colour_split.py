@@ -43,6 +43,7 @@ from delit_cache.lighting.sphere_metrics import (
     angular_error_deg,
     protocol_tonemap,
 )
+from delit_cache.utils.atomic import check_output_file
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not name or not checkpoint:
                 raise DelitError(f"--eval {item!r}: expected NAME=CHECKPOINT")
             evals.append((name, checkpoint))
+        if args.out is not None:
+            check_output_file(args.out)  # a bad output path fails before the work
         cache, index = first_samples(args.cache, args.n)
         env = torch.from_numpy(cache.read("env", index)).float()
         groups = {"all": torch.ones(len(index), dtype=torch.bool)}
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             guesses[name] = predicted_envs(checkpoint, relit, args.batch_size)
     except DelitError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out cannot be written
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     rows = []
     for name, pred in guesses.items():

@@ -460,7 +460,7 @@ def test_view_averaging_table(tmp_path):
 def test_colour_split_table(tmp_path):
     """The mean map and each --eval's heads, over all samples and per env source (sources
     with one sample left out), with the angle as scored, with each image's own colour and
-    with one colour for the set; bad --n and --eval are one error line each."""
+    with one colour for the set; bad --n, --eval and --out are one error line each."""
     from cli.app import main
 
     data, cache = tmp_path / "val", tmp_path / "val.zarr"
@@ -487,6 +487,7 @@ def test_colour_split_table(tmp_path):
     for args, line in (
         (["--n", "1"], "error: --n 1: must be >= 2"),
         (["--eval", "nocheckpoint"], "error: --eval 'nocheckpoint': expected NAME=CHECKPOINT"),
+        (["--out", str(tmp_path)], f"error: {tmp_path}: Is a directory"),
     ):
         bad = subprocess.run([*script, *args], cwd=ROOT, capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.strip() == line
