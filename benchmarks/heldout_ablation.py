@@ -28,6 +28,7 @@ import yaml
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import iter_samples
 from delit_cache.evaluate.image_metrics import flat_psnr_ssim
+from delit_cache.evaluate.results import result_value
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import load_env
 from delit_cache.lighting.sphere_metrics import sphere_metrics
@@ -114,19 +115,11 @@ def score(
     return result
 
 
-def lookup(block: dict, path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(block, dict) or key not in block:
-            return None
-        block = block[key]
-    return float(block)
-
-
 def metric_cells(block: dict) -> list[str]:
     """The ``METRICS`` columns of one result block, formatted (``-`` where absent)."""
     cells = []
     for _, path, digits in METRICS:
-        v = lookup(block, path)
+        v = result_value(block, path)
         cells.append("-" if v is None else f"{v:.{digits}f}")
     return cells
 

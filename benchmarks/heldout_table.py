@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from delit_cache.evaluate.results import result_value
+
 ROWS = (
     ("flat-lit PSNR (dB)", ("flat_psnr",), 2, "baseline_input_as_flat"),
     ("flat-lit SSIM", ("flat_ssim",), 3, "baseline_input_as_flat"),
@@ -43,14 +45,6 @@ REFERENCE_ROWS = (
 )
 
 
-def lookup(block: dict | None, path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(block, dict) or key not in block:
-            return None
-        block = block[key]
-    return None if block is None else float(block)
-
-
 def fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -59,7 +53,7 @@ def wins(result: dict, rows: tuple) -> int:
     """How many of the nine sphere metrics among ``rows`` beat the mean-env baseline."""
     model, base = result.get("model"), result.get("baseline_mean_env")
     paths = [path for _, path, _, _ in rows if len(path) == 2]  # (sphere, metric) rows
-    pairs = [(lookup(model, p), lookup(base, p)) for p in paths]
+    pairs = [(result_value(model, p), result_value(base, p)) for p in paths]
     return sum(m is not None and b is not None and m < b for m, b in pairs)
 
 
@@ -73,9 +67,9 @@ def table(results: list[tuple[str, dict]], protocol: str = "delit") -> str:
     head = "| metric | " + " | ".join(names) + " | free baseline | codec ceiling |"
     lines = [head, "|" + " --- |" * (len(names) + 3)]
     for label, path, digits, base_key in rows:
-        cells = [fmt(lookup(r.get("model"), path), digits) for _, r in results]
-        base = fmt(lookup(first.get(base_key), path), digits)
-        ceiling = fmt(lookup(first.get("codec_ceiling"), path), digits)
+        cells = [fmt(result_value(r.get("model"), path), digits) for _, r in results]
+        base = fmt(result_value(first.get(base_key), path), digits)
+        ceiling = fmt(result_value(first.get("codec_ceiling"), path), digits)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {base} | {ceiling} |")
     cells = [f"{wins(r, rows)} of 9" for _, r in results]
     lines.append("| sphere metrics beating the mean map | " + " | ".join(cells) + " | - | - |")

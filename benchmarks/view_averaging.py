@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from delit_cache.data.shards import expand_shards, iter_samples
 from delit_cache.evaluate.evaluate import evaluate
+from delit_cache.evaluate.results import result_value
 from delit_cache.infer.delighter import load_vae_and_model
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import mirror_env
@@ -136,13 +137,6 @@ class _ViewModel:
         return infer_views(self.model, images, self.name, self.shift)
 
 
-def _value(result: dict, keys: tuple[str, ...]) -> float:
-    value = result["model"]
-    for k in keys:
-        value = value[k]
-    return float(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
@@ -194,7 +188,7 @@ def _report(args: argparse.Namespace, names: list[str]) -> int:
         seconds = time.perf_counter() - start
         results[name] = result
         copies = len(_views(name, args.shift))
-        cells = [f"{_value(result, keys):.{digits}f}" for _, keys, digits in COLUMNS]
+        cells = [f"{result_value(result['model'], keys):.{digits}f}" for _, keys, digits in COLUMNS]
         lines.append(f"| {name} | {copies} | {seconds:.0f} | " + " | ".join(cells) + " |")
     lines += ["", f"Samples: n={results[names[0]]['n']} per view set."]
     emit_report(lines, args.out)

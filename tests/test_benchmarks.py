@@ -281,14 +281,11 @@ def test_light_split_table(tmp_path):
         assert done.returncode == 2 and done.stderr.strip().startswith("error: ")
         assert "Traceback" not in done.stderr
 
-    import importlib.util
-
     import numpy as np
     import torch
 
-    spec = importlib.util.spec_from_file_location("ls", ROOT / "benchmarks/light_split.py")
-    ls = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ls)
+    import benchmarks.light_split as ls
+
     env = torch.full((1, 3, 32, 64), 1e-3)
     env[..., 10, 40] = 1e4
     from delit_cache.lighting.sphere_metrics import brightest_direction
@@ -400,23 +397,14 @@ def test_train_memory_table(tmp_path):
     )
 
 
-def _view_averaging_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("va", ROOT / "benchmarks/view_averaging.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_view_averaging_matches_infer_and_moves_back():
     """The 'plain' and 'mirror' view sets are exactly ``DelitModel.infer`` without and with
     ``flip_average``; a shifted copy moved back lines up with the photo away from the border."""
     import torch
 
+    import benchmarks.view_averaging as va
     from delit_cache.infer.delighter import load_vae_and_model
 
-    va = _view_averaging_module()
     model, *_ = load_vae_and_model("demo", "demo", "cpu", "float32", 64)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for name, flip in (("plain", False), ("mirror", True)):
