@@ -34,7 +34,6 @@ import torch
 from delit_cache.cache.store import first_samples
 from delit_cache.data.shards import env_sources
 from delit_cache.infer.delighter import resolve_checkpoint
-from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import resample_env
 from delit_cache.lighting.render import render_spheres
 from delit_cache.lighting.sphere_metrics import (
@@ -116,15 +115,9 @@ def table_row(name: str, group: str, r: dict) -> str:
     )
 
 
-@torch.no_grad()
 def predicted_envs(checkpoint: str, relit: torch.Tensor, batch_size: int) -> torch.Tensor:
     heads, _, _ = resolve_checkpoint(checkpoint)
-    heads.eval()
-    codes = [
-        heads(relit[i : i + batch_size])["env_code"].float()
-        for i in range(0, len(relit), batch_size)
-    ]
-    return decode_env(torch.cat(codes))
+    return heads.eval().env_maps(relit, batch_size)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -40,7 +40,6 @@ import torch
 from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import env_sources
 from delit_cache.infer.delighter import resolve_checkpoint
-from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import direction_grid, resample_env, solid_angles
 from delit_cache.lighting.render import LUMA
 from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
@@ -91,13 +90,10 @@ def angle_deg(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return angle_between_deg(a, b).numpy()
 
 
-@torch.no_grad()
 def predicted_envs(checkpoint: str, relit: torch.Tensor, batch_size: int):
     """(predicted env maps ``[N,3,H,W]``, the checkpoint's mean env map or None)."""
     heads, mean_env, _ = resolve_checkpoint(checkpoint)
-    heads.eval()
-    codes = [heads(relit[i : i + batch_size])["env_code"] for i in range(0, len(relit), batch_size)]
-    return decode_env(torch.cat(codes).float()), mean_env
+    return heads.eval().env_maps(relit, batch_size), mean_env
 
 
 def rows_for(

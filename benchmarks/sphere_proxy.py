@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from delit_cache.cache.store import first_samples
 from delit_cache.infer.delighter import resolve_checkpoint
-from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import env_energy, resample_env
 from delit_cache.lighting.sphere_metrics import sphere_errors
 from delit_cache.train.losses import protocol_power, render_loss_spheres
@@ -61,12 +60,9 @@ def with_true_colour(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return pred * gain[:, :, None, None]
 
 
-@torch.no_grad()
 def predictions(checkpoint: str, relit: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     heads, _, _ = resolve_checkpoint(checkpoint)
-    heads.eval()
-    codes = [heads(relit[i : i + batch_size])["env_code"] for i in range(0, len(relit), batch_size)]
-    return decode_env(torch.cat(codes).float())
+    return heads.eval().env_maps(relit, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,15 @@ def test_flat_path_alone_matches_forward():
         heads.flat_latent(torch.randn(2, 8, 8, 8))
 
 
+def test_env_maps_are_the_decoded_env_code_in_batches():
+    heads = create_heads(SMALL, seed=0).eval()
+    latent = torch.randn(5, 16, 8, 8)
+    with torch.no_grad():
+        whole = decode_env(heads(latent)["env_code"].float())
+    # batches of 2 against one of 5: float32 sums in another order
+    torch.testing.assert_close(heads.env_maps(latent, batch_size=2), whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("mean", "std"),
     [

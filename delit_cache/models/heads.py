@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from delit_cache.lighting.envcode import decode_env
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
 from delit_cache.models.env_decoder import EnvDecoder
 from delit_cache.models.feature_extractor import FeatureExtractor
@@ -56,6 +57,16 @@ class DelitHeads(nn.Module):
         """The flat path alone (no env decoding): ``forward(x)["flat_latent"]``, cheaper."""
         z, mean, std = self._standardise(relit_latent)
         return self.flat_proj(self.features(z), z) * std + mean
+
+    @torch.no_grad()
+    def env_maps(self, relit_latent: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Linear HDR env maps ``[B,3,128,256]`` (float32) of relit latents ``[B,16,h,w]``,
+        ``batch_size`` at a time: what the heads predict from a latent cache, no VAE."""
+        codes = [
+            self(relit_latent[i : i + batch_size])["env_code"].float()
+            for i in range(0, len(relit_latent), batch_size)
+        ]
+        return decode_env(torch.cat(codes))
 
     @torch.no_grad()
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
