@@ -19,11 +19,14 @@ from delit_cache.train.config import load_config
 from delit_cache.train.losses import (
     compute_losses,
     detail_loss,
+    direction_loss,
     env_nrmse_loss,
     loss_targets,
     nrmse_view,
     render_loss_spheres,
     soft_light_direction,
+    sphere_losses,
+    tone_diffuse_sphere,
 )
 from tests.test_train import make_random_cache
 
@@ -43,7 +46,12 @@ def _cfg(**changes):
 
 
 def test_targets_once_equal_targets_per_step():
-    cfg = _cfg(light_dir_weight=0.3, flat_detail_weight=0.5, env_nrmse_weight=0.5)
+    cfg = _cfg(
+        light_dir_weight=0.3,
+        flat_detail_weight=0.5,
+        env_nrmse_weight=0.5,
+        sphere_tone_colour_weight=1.0,
+    )
     g = torch.Generator().manual_seed(0)
     heads = create_heads(cfg.heads_config(), seed=0)
     relit = torch.randn(3, 16, 4, 4, generator=g)
@@ -52,7 +60,8 @@ def test_targets_once_equal_targets_per_step():
     out = heads(relit)
     per_step = compute_losses(out, {"flat_latent": flat, "env": env}, cfg)
     once = compute_losses(out, {"flat_latent": flat, **loss_targets(env, cfg)}, cfg)
-    assert set(per_step) == set(once) >= {"light_dir", "flat_detail", "sphere_diffuse", "env_nrmse"}
+    expected = {"light_dir", "flat_detail", "sphere_diffuse", "env_nrmse", "sphere_tone_colour"}
+    assert set(per_step) == set(once) >= expected
     for name in per_step:
         torch.testing.assert_close(per_step[name], once[name])
 
@@ -197,6 +206,40 @@ def test_sphere_renders_track_the_angular_metric_only_through_the_tone_curve():
         angles[tonemap] = torch.rad2deg(torch.acos(cos)).mean(-1)
     torch.testing.assert_close(angles[True], metric, rtol=0.1, atol=0.2)
     assert float((angles[False] - metric).abs().max()) > 1.0
+
+
+def test_tone_colour_loss_ranks_colour_casts_as_the_metric_does():
+    """Under a bright white sun, a tinted sky costs the diffuse angular error about a hundred
+    times more than an equally tinted sun (the protocol tone-maps before it renders); the
+    tone colour term weighs the two as the metric does, while the linear colour term spends
+    a quarter of its penalty on the sun's tint, which the metric hardly sees."""
+    from delit_cache.lighting.sphere_metrics import sphere_errors
+
+    true = torch.stack([_sun_env(0.6 + 0.5 * i, -1.5 + 1.2 * i) for i in range(3)])
+    sun = true > 1.0
+    true = torch.where(sun, true * 10.0, true)  # 5000 against a sky of 0.2
+    tint = torch.tensor([1.0, 0.8, 0.6])[:, None, None]
+    guesses = {
+        "itself": true,
+        "tinted sky": torch.where(sun, true, true * tint),
+        "tinted sun": torch.where(sun, true * tint, true),
+    }
+    cfg = _cfg(sphere_tone_colour_weight=1.0)
+    size, env_size = cfg.sphere_size, cfg.sphere_env_size
+    targets = loss_targets(true, cfg)
+    tone, linear, metric = {}, {}, {}
+    for name, env in guesses.items():
+        pred = env.clone().requires_grad_()
+        loss = direction_loss(tone_diffuse_sphere(pred, size, env_size), targets["tone_sphere"])
+        loss.backward()
+        assert torch.isfinite(pred.grad).all()
+        tone[name] = float(loss.detach())
+        linear[name] = float(sphere_losses(env, targets["spheres"], size, env_size)["colour"])
+        metric[name] = float(sphere_errors(env, true)["diffuse_angular_deg"].mean())
+    assert tone["itself"] < 1e-5 and metric["itself"] < 1e-3
+    assert metric["tinted sky"] > 2.0 > 50 * metric["tinted sun"]  # degrees
+    assert tone["tinted sun"] < 0.02 * tone["tinted sky"]
+    assert linear["tinted sun"] > 0.2 * linear["tinted sky"]
 
 
 def test_env_nrmse_view_stays_bounded_on_a_flat_map_with_a_small_sun():

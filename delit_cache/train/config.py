@@ -56,6 +56,10 @@ class TrainConfig:
     sphere_diffuse_weight: float = 0.1  # weight of the diffuse-sphere loss (log1p space)
     sphere_matte_weight: float = 0.1  # weight of the matte-silver-sphere loss (log1p space)
     sphere_colour_weight: float = 0.0  # weight of the diffuse sphere's per-pixel RGB direction
+    # weight of the same RGB-direction term on the diffuse sphere of the maps raised to 1/2.4
+    # (the protocol's tone curve: what the diffuse angular error scores, where the sky and
+    # walls weigh far more than in the linear map, whose colour the sun dominates)
+    sphere_tone_colour_weight: float = 0.0
     light_dir_weight: float = 0.0  # weight of 1 - cos(predicted, true) brightest-light direction
     env_nrmse_weight: float = 0.0  # weight of the RMSE of percentile-normalised x**(1/2.4) env
     # maps at 64x128, solid-angle weighted (what the mirror sphere's nRMSE scores)

@@ -8,6 +8,8 @@
 * spheres: the diffuse and matte-silver spheres of ``decode_env(pred)`` vs of the target HDR
   (``render.sphere_operators``: one matrix product each), L1 between ``log1p`` radiances
   inside the disc;
+* tone colour: the per-pixel RGB direction of the diffuse sphere of the maps raised to 1/2.4
+  (the protocol's tone curve), which the diffuse angular error scores;
 * env nRMSE: the mirror sphere's nRMSE taken on the maps themselves (a mirror ball covers
   every direction with equal area per solid angle, so a solid-angle-weighted RMSE over the
   map is its RMSE over the ball).
@@ -123,11 +125,24 @@ def sphere_losses(
     diffuse and matte spheres only see low frequencies)."""
     pred = render_loss_spheres(pred_hdr, size, env_size)
     diff = (torch.log1p(pred) - torch.log1p(target)).abs().mean(dim=(0, 1, 3))
-    # colour: the RGB direction of each diffuse-sphere pixel (what the angular error scores)
-    unit_p = F.normalize(pred[:, :, 0], dim=1, eps=1e-6)
-    unit_t = F.normalize(target[:, :, 0], dim=1, eps=1e-6)
-    colour = (unit_p - unit_t).abs().sum(1).mean()
+    colour = direction_loss(pred[:, :, 0], target[:, :, 0])
     return {"diffuse": diff[0], "matte": diff[1], "colour": colour}
+
+
+def direction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the RGB directions of sphere pixels ``[B,3,M]`` (what the angular
+    error scores) -> scalar."""
+    unit_p = F.normalize(pred, dim=1, eps=1e-6)
+    unit_t = F.normalize(target, dim=1, eps=1e-6)
+    return (unit_p - unit_t).abs().sum(1).mean()
+
+
+def tone_diffuse_sphere(
+    env_hdr: torch.Tensor, size: int, env_size: tuple[int, int]
+) -> torch.Tensor:
+    """The diffuse sphere ``[B,3,M]`` of linear env maps raised to 1/2.4 (``protocol_power``),
+    as the diffuse angular error renders it; differentiable."""
+    return render_loss_spheres(protocol_power(env_hdr), size, env_size)[:, :, 0]
 
 
 def nrmse_view(env_hdr: torch.Tensor, size: tuple[int, int] = NRMSE_VIEW_SIZE) -> torch.Tensor:
@@ -168,6 +183,8 @@ def loss_targets(env_hdr: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Ten
     targets = {"env_code": encode_env(env_hdr)}
     if uses_spheres(cfg):
         targets["spheres"] = render_loss_spheres(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
+    if cfg.sphere_tone_colour_weight > 0:
+        targets["tone_sphere"] = tone_diffuse_sphere(env_hdr, cfg.sphere_size, cfg.sphere_env_size)
     if cfg.light_dir_weight > 0 or cfg.light_head_weight > 0:
         targets["light_dir"] = brightest_direction(env_hdr)
     if cfg.env_nrmse_weight > 0:
@@ -202,18 +219,23 @@ def compute_losses(
     env, colour, log = env_code_loss(code_pred, batch["env_code"], cfg.env_log_weight)
     losses |= {"env": env, "env_colour": colour.detach(), "env_log": log.detach()}
     total = total + cfg.env_weight * env
+    tone = cfg.sphere_tone_colour_weight > 0
     weights = {
         "diffuse": cfg.sphere_diffuse_weight,
         "matte": cfg.sphere_matte_weight,
         "colour": cfg.sphere_colour_weight,
     }
-    if uses_spheres(cfg) or cfg.light_dir_weight > 0 or cfg.env_nrmse_weight > 0:
+    if uses_spheres(cfg) or cfg.light_dir_weight > 0 or cfg.env_nrmse_weight > 0 or tone:
         pred_hdr = decode_env(code_pred)  # once, for the terms that score the linear map
     if uses_spheres(cfg):
         spheres = sphere_losses(pred_hdr, batch["spheres"], cfg.sphere_size, cfg.sphere_env_size)
         for name, weight in weights.items():
             losses[f"sphere_{name}"] = spheres[name]
             total = total + weight * spheres[name]
+    if tone:
+        pred_tone = tone_diffuse_sphere(pred_hdr, cfg.sphere_size, cfg.sphere_env_size)
+        losses["sphere_tone_colour"] = direction_loss(pred_tone, batch["tone_sphere"])
+        total = total + cfg.sphere_tone_colour_weight * losses["sphere_tone_colour"]
     if cfg.light_dir_weight > 0:
         pred_dir = soft_light_direction(pred_hdr, cfg.light_sharpness)
         losses["light_dir"] = (1 - (pred_dir * batch["light_dir"]).sum(1)).mean()
