@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from delit_cache.cache.store import LatentCache
-from delit_cache.lighting.envmap import angles_to_direction, resample_env
+from delit_cache.lighting.envmap import angles_to_direction
 from delit_cache.lighting.sphere_metrics import brightest_direction
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import create_heads
@@ -183,13 +183,12 @@ def test_env_nrmse_loss_tracks_the_mirror_sphere_nrmse():
 
 
 def test_sphere_renders_track_the_angular_metric_only_through_the_tone_curve():
-    """The loss's sphere renders of ``protocol_power`` maps give the metric's diffuse angular
+    """The tone colour loss's renders (``tone_diffuse_sphere``) give the metric's diffuse angular
     error (the protocol tone-maps before it renders); from linear radiance a bright coloured
     source dominates the colour and the angle differs (``benchmarks/sphere_proxy.py``)."""
     import torch.nn.functional as F
 
     from delit_cache.lighting.sphere_metrics import sphere_errors
-    from delit_cache.train.losses import protocol_power
 
     g = torch.Generator().manual_seed(2)
     sky = torch.linspace(2.0, 0.2, 128)[:, None]
@@ -199,9 +198,10 @@ def test_sphere_renders_track_the_angular_metric_only_through_the_tone_curve():
     metric = sphere_errors(guess, true)["diffuse_angular_deg"]
     angles = {}
     for tonemap in (False, True):
-        maps = [resample_env(e, (32, 64)) for e in (guess, true)]
-        maps = [protocol_power(m) if tonemap else m for m in maps]
-        rp, rg = (render_loss_spheres(m, 32, (32, 64))[:, :, 0] for m in maps)
+        if tonemap:  # the tone colour loss's render
+            rp, rg = (tone_diffuse_sphere(m, 32, (32, 64)) for m in (guess, true))
+        else:
+            rp, rg = (render_loss_spheres(m, 32, (32, 64))[:, :, 0] for m in (guess, true))
         cos = (F.normalize(rp, dim=1) * F.normalize(rg, dim=1)).sum(1).clamp(-1, 1)
         angles[tonemap] = torch.rad2deg(torch.acos(cos)).mean(-1)
     torch.testing.assert_close(angles[True], metric, rtol=0.1, atol=0.2)
