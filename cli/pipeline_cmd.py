@@ -172,6 +172,14 @@ def average_heads_cmd(
     last: Annotated[
         int | None, typer.Option("--last", help="Average the N newest step checkpoints.")
     ] = None,
+    blend: Annotated[
+        Path | None,
+        typer.Option(
+            "--blend",
+            help="Then average half and half with these heads (a run or heads folder or file, "
+            "e.g. the heads RUN was fine-tuned from).",
+        ),
+    ] = None,
 ) -> None:
     """Average a run's heads over some of its saved steps (checkpoint averaging)."""
     from delit_cache.train.averaging import write_averaged_run
@@ -185,5 +193,6 @@ def average_heads_cmd(
             chosen = [int(s) for s in steps.split(",")]
         except ValueError:
             raise DelitError(f"--steps {steps!r}: not a comma-separated list of steps") from None
-    folder = write_averaged_run(run, out, steps=chosen, last=last or 0)
-    typer.echo(f"{folder}: heads averaged over {len(chosen) if chosen else last} checkpoints")
+    folder = write_averaged_run(run, out, steps=chosen, last=last or 0, blend=blend)
+    what = f"heads averaged over {len(chosen) if chosen else last} checkpoints"
+    typer.echo(f"{folder}: {what}" + (f", then half and half with {blend}" if blend else ""))

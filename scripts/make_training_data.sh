@@ -27,6 +27,7 @@
 # 130-133) lit the same way (below); train_pm15.zarr, stage 15's: 8000 more (seeds 134-141).
 # (4000 more, seeds 142-145, `pool_faces S train_pm16.zarr`, with and without `delit encode
 # --augment 2`, were measured and not kept: cpu-leave-hdri-out.md, sixteenth session.)
+# Stage 16's: 4000 more new faces (seeds 146-149) lit the same way: train_pm17.zarr.
 # Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
@@ -100,6 +101,8 @@ for s in 126 127 128 129; do pool_faces "$s" train_pm.zarr; done
 for s in 130 131 132 133; do pool_faces "$s" train_pm14.zarr; done
 # Stage 15's: 8000 more new faces (seeds 134-141) lit the same way: train_pm15.zarr.
 for s in 134 135 136 137 138 139 140 141; do pool_faces "$s" train_pm15.zarr; done
+# Stage 16's: 4000 more new faces (seeds 146-149) lit the same way: train_pm17.zarr.
+for s in 146 147 148 149; do pool_faces "$s" train_pm17.zarr; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \

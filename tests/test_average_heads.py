@@ -122,3 +122,35 @@ def test_checkpoint_rotation_and_resume_order_steps_by_number(tmp_path):
     ]
     (folder / "latest.pt").write_bytes(b"damaged")
     assert trainstate.load_resumable(run)["step"] == 1000001
+
+
+def test_blend_averages_the_mean_half_and_half_with_other_heads(tmp_path, capsys):
+    run, heads = _finished_run(tmp_path)
+    start = create_heads(SMALL, seed=7)
+    save_heads(start, tmp_path / "start.safetensors")
+    args = ["--out", str(tmp_path / "soup"), "--last", "2", "--blend"]
+    assert main(["average-heads", str(run), *args, str(tmp_path / "start.safetensors")]) == 0
+    assert "then half and half with" in capsys.readouterr().out
+    soup = load_heads(tmp_path / "soup").state_dict()
+    a, b = heads[999999].state_dict(), heads[1000000].state_dict()
+    c = start.state_dict()
+    name = "env_decoder.coarse.weight"
+    assert not torch.equal(((a[name] + b[name]) / 2), c[name])
+    for k, v in soup.items():
+        mean = (a[k].double() + b[k].double()) / 2
+        torch.testing.assert_close(v, ((mean.float().double() + c[k].double()) / 2).float())
+    assert heads_metadata(tmp_path / "soup")["blended_with"].endswith("start.safetensors")
+
+
+def test_blend_refuses_other_architectures_and_missing_heads(tmp_path, capsys):
+    run, _ = _finished_run(tmp_path)
+    save_heads(create_heads(OTHER, seed=1), tmp_path / "other.safetensors")
+    for bad, message in [
+        ("other.safetensors", "other.safetensors: features.stem.weight is (16"),
+        ("none", "none"),
+    ]:
+        args = ["--out", str(tmp_path / "soup"), "--last", "2", "--blend", str(tmp_path / bad)]
+        assert main(["average-heads", str(run), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors", "run"]

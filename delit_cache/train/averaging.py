@@ -4,7 +4,9 @@ Late in a cosine schedule a run's saved steps scatter around one solution; their
 mean (as fairseq's ``average_checkpoints`` and stochastic weight averaging take it) can score
 better than any one of them. ``delit average-heads`` writes the mean as a new run folder
 (``heads.safetensors``, the run's ``config.yaml`` and ``mean_env.exr``) that ``eval``,
-``infer`` and ``--init-from`` read like any other.
+``infer`` and ``--init-from`` read like any other. With ``blend`` the mean is then averaged
+half and half with other heads of the same architecture (typically the heads the run was
+fine-tuned from: a "model soup" of the run's end and its start).
 """
 
 from __future__ import annotations
@@ -62,8 +64,30 @@ def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in sums.items()}
 
 
-def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, last: int = 0) -> Path:
-    """``out``: a run folder whose heads are the mean of ``run``'s chosen step checkpoints.
+def blend_heads(state: dict[str, torch.Tensor], other: Path) -> dict[str, torch.Tensor]:
+    """``state`` and the heads at ``other`` averaged half and half (integer tensors must agree);
+    ``DelitError`` naming ``other`` when its weights do not match."""
+    theirs = load_heads(other).state_dict()
+    if theirs.keys() != state.keys():
+        raise DelitError(f"{other}: other heads weights than the run's (another architecture)")
+    out = {}
+    for k, v in state.items():
+        if theirs[k].shape != v.shape:
+            raise DelitError(f"{other}: {k} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}")
+        if v.is_floating_point():
+            out[k] = ((v.double() + theirs[k].double()) / 2).float()
+        elif torch.equal(v, theirs[k]):
+            out[k] = v
+        else:
+            raise DelitError(f"{other}: {k} differs from the run's")
+    return out
+
+
+def write_averaged_run(
+    run: Path, out: Path, steps: list[int] | None = None, last: int = 0, blend: Path | None = None
+) -> Path:
+    """``out``: a run folder whose heads are the mean of ``run``'s chosen step checkpoints,
+    averaged half and half with the heads at ``blend`` when given.
 
     ``run`` must be finished (its ``heads.safetensors`` gives the architecture and training
     facts); ``out`` must not exist. The folder is built as ``out.partial``, then renamed.
@@ -81,9 +105,13 @@ def write_averaged_run(run: Path, out: Path, steps: list[int] | None = None, las
         heads.load_state_dict(average_heads(paths), strict=True)
     except RuntimeError as exc:
         raise DelitError(f"{paths[0]}: does not match {final} ({exc})") from None
+    if blend is not None:
+        heads.load_state_dict(blend_heads(heads.state_dict(), Path(blend)), strict=True)
     extra = heads_metadata(final)
     extra["averaged_steps"] = [trainstate.checkpoint_step(p) for p in paths]
     extra["averaged_from"] = str(run.resolve())
+    if blend is not None:
+        extra["blended_with"] = str(Path(blend).resolve())
     with atomic_dir(out) as tmp:
         save_heads(heads, tmp / HEADS_FILENAME, extra)
         for name in RUN_FILES:
