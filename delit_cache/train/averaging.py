@@ -12,6 +12,7 @@ fine-tuned from: a "model soup" of the run's end and its start).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -45,42 +46,40 @@ def step_checkpoints(run: Path, steps: list[int] | None = None, last: int = 0) -
     return found[-last:]
 
 
-def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """The uniform mean (in float64, stored as float32) of the checkpoints' heads weights;
-    integer tensors must agree. ``DelitError`` naming the first file that does not match."""
-    first = trainstate.load_checkpoint(paths[0])["heads"]
-    sums = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
-    for path in paths[1:]:
-        heads = trainstate.load_checkpoint(path)["heads"]
+def mean_state(
+    first: tuple[str, dict[str, torch.Tensor]],
+    others: Iterable[tuple[str, dict[str, torch.Tensor]]],
+) -> dict[str, torch.Tensor]:
+    """The uniform mean (in float64, stored as float32) of named heads state dicts, read one at
+    a time; integer tensors must agree. ``DelitError`` naming the first that does not match
+    ``first``."""
+    first_name, state = first
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    count = 1
+    for name, heads in others:
         if heads.keys() != sums.keys():
-            raise DelitError(f"{path}: other heads weights than {paths[0].name}")
+            raise DelitError(f"{name}: other heads weights than {first_name}")
         for k, v in heads.items():
             if v.shape != sums[k].shape:
-                raise DelitError(f"{path}: {k} is {tuple(v.shape)}, not {tuple(sums[k].shape)}")
+                raise DelitError(f"{name}: {k} is {tuple(v.shape)}, not {tuple(sums[k].shape)}")
             if v.is_floating_point():
                 sums[k] += v.double()
             elif not torch.equal(v, sums[k]):
-                raise DelitError(f"{path}: {k} differs from {paths[0].name}")
-    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in sums.items()}
+                raise DelitError(f"{name}: {k} differs from {first_name}")
+        count += 1
+    return {k: (v / count).float() if v.is_floating_point() else v for k, v in sums.items()}
+
+
+def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The mean of the checkpoints' heads weights (``mean_state``), naming a bad file."""
+    first = (paths[0].name, trainstate.load_checkpoint(paths[0])["heads"])
+    return mean_state(first, ((p, trainstate.load_checkpoint(p)["heads"]) for p in paths[1:]))
 
 
 def blend_heads(state: dict[str, torch.Tensor], other: Path) -> dict[str, torch.Tensor]:
-    """``state`` and the heads at ``other`` averaged half and half (integer tensors must agree);
+    """``state`` and the heads at ``other`` averaged half and half (``mean_state``);
     ``DelitError`` naming ``other`` when its weights do not match."""
-    theirs = load_heads(other).state_dict()
-    if theirs.keys() != state.keys():
-        raise DelitError(f"{other}: other heads weights than the run's (another architecture)")
-    out = {}
-    for k, v in state.items():
-        if theirs[k].shape != v.shape:
-            raise DelitError(f"{other}: {k} is {tuple(theirs[k].shape)}, not {tuple(v.shape)}")
-        if v.is_floating_point():
-            out[k] = ((v.double() + theirs[k].double()) / 2).float()
-        elif torch.equal(v, theirs[k]):
-            out[k] = v
-        else:
-            raise DelitError(f"{other}: {k} differs from the run's")
-    return out
+    return mean_state(("the run's", state), [(other, load_heads(other).state_dict())])
 
 
 def write_averaged_run(
@@ -105,13 +104,13 @@ def write_averaged_run(
         heads.load_state_dict(average_heads(paths), strict=True)
     except RuntimeError as exc:
         raise DelitError(f"{paths[0]}: does not match {final} ({exc})") from None
-    if blend is not None:
-        heads.load_state_dict(blend_heads(heads.state_dict(), Path(blend)), strict=True)
     extra = heads_metadata(final)
     extra["averaged_steps"] = [trainstate.checkpoint_step(p) for p in paths]
     extra["averaged_from"] = str(run.resolve())
     if blend is not None:
-        extra["blended_with"] = str(Path(blend).resolve())
+        blend = Path(blend)
+        heads.load_state_dict(blend_heads(heads.state_dict(), blend), strict=True)
+        extra["blended_with"] = str(blend.resolve())
     with atomic_dir(out) as tmp:
         save_heads(heads, tmp / HEADS_FILENAME, extra)
         for name in RUN_FILES:
