@@ -29,7 +29,6 @@ from delit_cache.cache.store import LatentCache
 from delit_cache.data.shards import iter_samples
 from delit_cache.evaluate.image_metrics import flat_psnr_ssim
 from delit_cache.evaluate.results import result_value
-from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import load_env
 from delit_cache.lighting.sphere_metrics import sphere_metrics
 from delit_cache.models.heads import DelitHeads
@@ -99,7 +98,7 @@ def score(
         idx = list(range(lo, min(len(val_cache), lo + 16)))
         relit = torch.from_numpy(val_cache.read("relit_latent", idx))
         out = heads(relit)
-        preds.append(decode_env(out["env_code"].clamp(0, 1)))
+        preds.append(heads.env_hdr(out))
         gts.append(torch.from_numpy(val_cache.read("env", idx)))
         if vae is not None:
             size = flats[val_cache.keys[idx[0]]].shape[-2:]

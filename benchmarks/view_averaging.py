@@ -41,6 +41,7 @@ from delit_cache.evaluate.results import result_value
 from delit_cache.infer.delighter import load_vae_and_model
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import mirror_env
+from delit_cache.models.heads import steered
 from delit_cache.utils.atomic import check_output_file
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.machine import emit_report, run_header
@@ -110,8 +111,13 @@ def infer_views(model, images: torch.Tensor, name: str, shift: int = 4) -> dict:
     else:
         batch = torch.cat([_to_view(images, v) for v in views])
         out = model.heads(model.vae.encode(batch).float())
-    env = decode_env(out["env_code"].clamp(0.0, 1.0)).split(n)
-    env = sum(mirror_env(e) if v[0] else e for e, v in zip(env, views, strict=True)) / len(views)
+    maps = decode_env(out["env_code"].float().clamp(0.0, 1.0)).split(n)
+    env = sum(mirror_env(e) if v[0] else e for e, v in zip(maps, views, strict=True)) / len(views)
+    if "light_dir" in out:  # as infer: the views' light directions, mirrored back, averaged
+        back = torch.tensor([-1.0, 1.0, 1.0])
+        dirs = out["light_dir"].float().split(n)
+        light = sum(d * back if v[0] else d for d, v in zip(dirs, views, strict=True))
+        env = steered(env, F.normalize(light, dim=1))
     latents = out["flat_latent"].split(n)
     if name == "mirror-latent-mean":
         mean = 0.5 * (latents[0] + latents[1].flip(-1))

@@ -3,7 +3,8 @@
 Each command group lives in its own module and registers itself on ``app`` when
 imported; ``main`` imports them all, runs the app and turns a ``DelitError`` or a
 usage error (missing option, bad value, unknown command) into one ``error: ...`` line on
-stderr with exit code 2. Exit codes: 0 done, 1 some inputs failed, 2 usage or input error.
+stderr with exit code 2. Exit codes: 0 done, 1 some inputs failed, 2 usage or input error,
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -85,34 +86,43 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``delit`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    load_commands()
-    args = sys.argv[1:] if argv is None else list(argv)
+    """Run ``delit`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code. Ctrl-C,
+    from start-up on, is one ``interrupted`` line and exit code 130."""
+    try:
+        load_commands()
+        code = _run(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _run(args: list[str]) -> int:
+    """The app on ``args``; the exit code, with a ``DelitError``, a usage error, an OS error
+    or running out of memory reported in one ``error:`` line."""
     try:
         result = app(args=args, prog_name="delit", standalone_mode=False)
     except DelitError as exc:
         typer.echo(f"error: {exc}", err=True)
-        code = 2
+        return 2
     except OSError as exc:  # an output that cannot be created, a full disk, no permission
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
-        code = 2
+        return 2
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise
         first = " ".join(str(exc).split())[:160]
         typer.echo(f"error: out of memory ({first}); lower --batch-size or --size", err=True)
-        code = 2
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        code = 130
+        return 2
+    except typer.Abort:  # click's form of a Ctrl-C while a command runs
+        typer.echo("interrupted", err=True)
+        return 130
     except typer.TyperException as exc:  # typer's bundled click: ClickException, UsageError
-        code = _report_click_error(exc)
-    else:
-        code = result if isinstance(result, int) else 0
-    if argv is None:
-        sys.exit(code)
-    return code
+        return _report_click_error(exc)
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -111,14 +111,22 @@ def sheet_cmd(
         ..., help="shards (dir, tar, glob, brace pattern) or a data folder"
     ),
     out: Path = typer.Option(..., "--out", help="output PNG"),
-    n: int = typer.Option(8, "--n", help="number of samples (rows)"),
-    height: int = typer.Option(256, "--height", help="row height in pixels"),
+    n: int = typer.Option(8, "--n", min=1, help="number of samples (rows)"),
+    height: int = typer.Option(256, "--height", min=1, help="row height in pixels"),
 ) -> None:
     """Write a contact sheet: relit | flat | env (tone-mapped) | normals, one row per sample."""
-    from delit_cache.data.check import is_folder_layout, iter_folder
-    from delit_cache.data.shards import iter_samples
+    from delit_cache.data.check import FOLDER_KINDS, is_folder_layout, iter_folder
+    from delit_cache.data.shards import expand_shards, iter_samples
     from delit_cache.data.sheet import contact_sheet
+    from delit_cache.utils.atomic import check_not_input, check_output_file
 
-    samples = iter_folder(shards, []) if is_folder_layout(shards) else iter_samples(shards)
+    if is_folder_layout(shards):  # a sample's own file must not become the sheet
+        check_not_input(out, [Path(shards) / kind for kind in FOLDER_KINDS], inside=True)
+        samples = iter_folder(shards, [])
+    else:
+        shard_list = expand_shards(shards)
+        check_not_input(out, shard_list)
+        samples = iter_samples(shard_list)
+    check_output_file(out, suffixes=(".png",))
     rows = contact_sheet(samples, out, n=n, height=height)
     typer.echo(f"wrote {out} ({rows} samples)")

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.atomic import check_output_dir, check_output_file, write_json
+from delit_cache.utils.atomic import (
+    check_not_input,
+    check_output_dir,
+    check_output_file,
+    write_json,
+)
 
 from .app import app
 from .options import (
@@ -63,9 +68,11 @@ def eval_command(
 
     shards = expand_shards(data)  # bad --data or output paths fail before the VAE is loaded
     if json_path is not None:
-        check_output_file(json_path)
+        check_output_file(check_not_input(json_path, shards))
     if report is not None:
         check_output_dir(report)  # made when the report is written
+        for name in ("report.html", "report.png"):
+            check_not_input(report / name, shards)
     model, _, mean_env, info = load_vae_and_model(checkpoint, vae, device, dtype, size, lora=lora)
     size_used = info["model_size"]
     result = evaluate(
@@ -128,10 +135,14 @@ def infer_command(
 ) -> int:
     """Delight photos: writes <stem>_flat.png (input size), <stem>_env.exr (128x256 linear
     HDR) and <stem>_env.png (panorama and three spheres) for each input. Photos are scaled so
-    the longer side is the model size and padded to a square by replicating their borders."""
-    from delit_cache.infer.delighter import Delighter
+    the longer side is the model size and padded to a square by replicating their borders.
+    Folders are searched skipping the PNGs delit infer itself wrote (marked in their
+    metadata), photos named on the command line are always delighted, and a run whose
+    outputs would overwrite one of its inputs is refused."""
+    from delit_cache.infer.delighter import Delighter, plan_inputs
 
     check_output_dir(out)  # a regular file in the way fails before the model loads
+    plan = plan_inputs(inputs, out)  # and so does an output that would overwrite an input
     delighter = Delighter.from_pretrained(
         checkpoint,
         vae,
@@ -143,7 +154,7 @@ def infer_command(
         compile=compile,
         flip_average=flip_average,
     )
-    summary = delighter.run(inputs, out, progress=True)
+    summary = delighter.run(plan, out, progress=True)
     if summary.all_failed:  # each input had its own error line: exit 2, as for one bad file
         return 2
     typer.echo(summary.line(), err=not summary.ok)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from delit_cache.utils.atomic import write_json
+from delit_cache.utils.atomic import check_not_input, check_output_file, write_json
 
 from .app import app
 
@@ -58,6 +58,8 @@ def envmetrics(
 
     if protocol not in PROTOCOLS:
         raise DelitError(f"--protocol {protocol}: must be one of {', '.join(PROTOCOLS)}")
+    if json_out is not None:
+        check_not_input(json_out, (pred, gt))
     size = ENV_SIZE if protocol == "delit" else None  # diffusionlight box-resizes itself
     # a black map leaves every score undefined (0/0): refused rather than scored as NaN
     pred_env, gt_env = (require_light(load_env(p, size=size), p) for p in (pred, gt))
@@ -89,5 +91,6 @@ def envshow(
     from delit_cache.lighting.envshow import env_figure
 
     target = out if out is not None else env.with_name(f"{env.stem}_show.png")
+    check_output_file(check_not_input(target, (env,)), suffixes=(".png",))
     write_png(target, env_figure(load_env(env)))
     typer.echo(f"wrote {target}")

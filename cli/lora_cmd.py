@@ -59,6 +59,7 @@ def train_lora_cmd(
     from delit_cache.train.lora_trainer import LoraRunOptions, train_lora
 
     expand_shards(data)  # bad --data fails before anything loads
+    check_run_folder(out, checkpoint, cache)
     overrides = {
         "lora_rank": lora_rank,
         "lora_alpha": lora_alpha,
@@ -83,6 +84,18 @@ def train_lora_cmd(
         )
 
 
+def check_run_folder(out: Path, checkpoint: str, cache: Path | None) -> None:
+    """Refuse a run folder that is the heads it reads (or holds the heads file it would
+    overwrite with its own), or is or lies in the cache it reads."""
+    from delit_cache.utils.atomic import check_not_input
+
+    heads = [Path(checkpoint)] if checkpoint != "demo" else []
+    for path in (out, out / "heads.safetensors", out / "lora.safetensors"):
+        check_not_input(path, heads, what="run folder" if path == out else "output")
+    if cache is not None:
+        check_not_input(out, (cache,), inside=True, what="run folder")
+
+
 @app.command("merge-lora")
 def merge_lora_cmd(
     vae: VaeOption,
@@ -90,12 +103,14 @@ def merge_lora_cmd(
     out: Annotated[Path, typer.Option("--out", help="Merged VAE file to write (.safetensors).")],
 ) -> None:
     """Fold the adapters into the decoder's weights: a plain VAE file for --vae."""
+    from delit_cache.utils.atomic import check_not_input
     from delit_cache.utils.errors import DelitError
     from delit_cache.vae import load_wan_vae, save_codec
     from delit_cache.vae.lora import apply_lora_file, merge_lora
 
     if out.suffix != ".safetensors":
         raise DelitError(f"{out}: the merged VAE is written as .safetensors")
+    check_not_input(out, (vae, lora))
     model = load_wan_vae(vae)
     base = model.fingerprint
     spec = apply_lora_file(model, lora)

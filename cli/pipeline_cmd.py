@@ -141,7 +141,9 @@ def train_heads_cmd(
     """Train the delit heads on a latent cache (no VAE needed); DDP under torchrun."""
     from delit_cache.train.distributed import dist_info
     from delit_cache.train.trainer import RunOptions, train_heads
+    from delit_cache.utils.atomic import check_not_input
 
+    check_not_input(out, (cache,), inside=True, what="run folder")  # not into the Zarr store
     overrides = {
         "steps": steps,
         "epochs": epochs,

@@ -94,9 +94,8 @@ def make_data(opts: DemoOptions) -> tuple[Path, Path]:
         (train_dir, opts.train_samples, opts.seed, {"exclude_hdris": HELDOUT_HDRIS}),
         (val_dir, opts.val_samples, opts.seed + 1, {"hdris": HELDOUT_HDRIS, "p_hdri": 1.0}),
     )
-    for folder, n, seed, lighting in splits:
-        if not any(folder.glob("*.tar")):
-            synth(folder, n=n, size=opts.size, seed=seed, workers=opts.workers, **lighting)
+    for folder, n, seed, lighting in splits:  # a split an earlier demo finished is kept
+        synth(folder, n=n, size=opts.size, seed=seed, workers=opts.workers, **lighting)
     return train_dir, val_dir
 
 

@@ -27,8 +27,8 @@
 # 130-133) lit the same way (below); train_pm15.zarr, stage 15's: 8000 more (seeds 134-141).
 # (4000 more, seeds 142-145, `pool_faces S train_pm16.zarr`, with and without `delit encode
 # --augment 2`, were measured and not kept: cpu-leave-hdri-out.md, sixteenth session.)
-# Stage 16's: 4000 more new faces (seeds 146-149) lit the same way: train_pm17.zarr.
-# Last,
+# Stage 16's: 4000 more new faces (seeds 146-149) lit the same way: train_pm17.zarr; stage
+# 17's: 4000 more (seeds 150-153): train_pm21.zarr. Last,
 # 384 more held-out portraits (seed 8, val_heldout8) for the light direction
 # (benchmarks/light_split.py).
 set -euo pipefail
@@ -103,6 +103,8 @@ for s in 130 131 132 133; do pool_faces "$s" train_pm14.zarr; done
 for s in 134 135 136 137 138 139 140 141; do pool_faces "$s" train_pm15.zarr; done
 # Stage 16's: 4000 more new faces (seeds 146-149) lit the same way: train_pm17.zarr.
 for s in 146 147 148 149; do pool_faces "$s" train_pm17.zarr; done
+# Stage 17's (its light head alone): 4000 more new faces (seeds 150-153): train_pm21.zarr.
+for s in 150 151 152 153; do pool_faces "$s" train_pm21.zarr; done
 [ -f val_heldout8/shard-000000.tar ] || delit synth --out val_heldout8 --n 384 --size 256 --seed 8 \
     --workers 2 --hdris "$heldout" --p-hdri 1
 delit encode --vae demo --data val_heldout8 --out val_heldout8.zarr --size 256 --batch-size 8 \

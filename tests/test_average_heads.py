@@ -154,3 +154,27 @@ def test_blend_refuses_other_architectures_and_missing_heads(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors", "run"]
+
+
+@pytest.mark.parametrize(
+    "extra, zero_std, expected",
+    [
+        ({"vae_fingerprint": "bbbb"}, False, "trained on latents of another VAE (fingerprint bbbb"),
+        ({"image_size": 128}, False, "trained at size 128, these heads at 64"),
+        ({}, True, "latent_std must be positive"),
+    ],
+)
+def test_blend_refuses_heads_trained_otherwise(extra, zero_std, expected, tmp_path, capsys):
+    run, heads = _finished_run(tmp_path)
+    facts = {"step": 1000000, "vae_fingerprint": "aaaa", "image_size": 64}
+    save_heads(heads[1000000], run / "heads.safetensors", extra=facts)
+    other = create_heads(SMALL, seed=7)
+    if zero_std:
+        other.latent_std.zero_()
+    save_heads(other, tmp_path / "other.safetensors", extra=extra)
+    args = ["--out", str(tmp_path / "soup"), "--last", "2", "--blend"]
+    assert main(["average-heads", str(run), *args, str(tmp_path / "other.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert "other.safetensors" in err
+    assert not (tmp_path / "soup").exists()

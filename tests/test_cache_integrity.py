@@ -206,3 +206,25 @@ def test_a_second_encode_on_one_store_is_refused(tmp_path, tiny_vae, shards):
     with encode_lock(out), busy:  # a second open file description: as another process
         _encode(tiny_vae, shards, out)
     assert _encode(tiny_vae, shards, out).rows == 5  # the lock is released afterwards
+
+
+def test_cache_verify_counts_blocks_not_encoded_yet(tmp_path, capsys):
+    """Blocks an interrupted or failed encode planned but never wrote are not '0 damaged':
+    they are counted, exit 1."""
+    from test_train import SPEC
+
+    from cli.app import main
+
+    out = tmp_path / "c.zarr"
+    group = cm.open_store(out, SPEC, block_size=2)
+    blocks = cm.plan_append(group, [cm.Entry(f"k{i}", "/nowhere.tar", 0) for i in range(9)])
+    rng = np.random.default_rng(0)
+    for b in blocks[:2]:
+        k = len(cm.block_rows(group, b))
+        latents = rng.standard_normal((k, 16, 4, 4)).astype(np.float32)
+        env = np.ones((k, 3, *cm.ENV_SIZE), np.float32)
+        cm.write_block(group, b, {"relit_latent": latents, "flat_latent": latents, "env": env})
+    assert main(["cache", "verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "2 block(s) checked against their digests; 0 damaged" in text
+    assert f"{out}: 3 of 5 blocks not encoded yet (rerun delit encode)" in text

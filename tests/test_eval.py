@@ -318,3 +318,54 @@ def test_vae_fingerprint_mismatch_warns_in_one_line(tmp_path, tiny_vae, caplog):
     save_heads(create_heads(SMALL, seed=0), path, extra={"vae_fingerprint": tiny_vae.fingerprint})
     load_vae_and_model(path, tiny_vae, "cpu")
     assert not [r for r in caplog.records if r.name.startswith("delit")]
+
+
+def _strict_json(path: Path) -> dict:
+    """``path`` parsed as JSON proper: NaN and Infinity refused."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_undefined_light_error_is_null_in_the_json(run_dir, tiny_vae_pth, tmp_path, capsys):
+    """Uniform env maps have no detected light: the EnvMapNet light error is undefined (null,
+    ``-`` in the table), not NaN, which is not JSON."""
+    from delit_cache.data.shards import ShardWriter, encode_sample
+
+    gen = torch.Generator().manual_seed(3)
+    with ShardWriter(tmp_path / "d", shard_size=2) as writer:
+        for k in range(2):
+            flat = smooth_image(gen)
+            writer.write(encode_sample(f"u{k}", flat, flat, torch.ones(3, 128, 256)))
+    out = tmp_path / "ev.json"
+    args = ["eval", "--checkpoint", str(run_dir), "--vae", str(tiny_vae_pth), "--device", "cpu"]
+    assert main([*args, "--data", str(tmp_path / "d"), "--json", str(out)]) == 0
+    ref = _strict_json(out)["reference_protocol"]
+    assert ref["model"]["light_dir_deg"] is None and ref["model"]["light_pairs"] == 0
+    assert ref["baseline_mean_env"]["light_dir_deg"] is None
+    row = next(r for r in capsys.readouterr().out.splitlines() if "EnvMapNet light" in r)
+    assert row.split()[-3:] == ["-", "-", "-"]
+
+
+def test_envmetrics_json_without_light_pairs_is_null(tmp_path):
+    import numpy as np
+
+    from delit_cache.data.imageio import write_exr
+
+    env = tmp_path / "u.exr"
+    write_exr(env, np.ones((64, 128, 3), np.float32))
+    out = tmp_path / "s.json"
+    args = ["envmetrics", str(env), str(env), "--protocol", "diffusionlight", "--json", str(out)]
+    assert main(args) == 0
+    scores = _strict_json(out)
+    assert scores["light_dir_deg"] is None and scores["light_pairs"] == 0
+
+
+def test_write_json_refuses_nan_and_writes_nothing(tmp_path):
+    from delit_cache.utils.atomic import write_json
+
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(tmp_path / "x.json", {"a": float("nan")})
+    assert list(tmp_path.iterdir()) == []

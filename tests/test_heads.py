@@ -221,17 +221,24 @@ def test_env_decoder_training_and_inference_attention_agree():
 
 
 def test_light_head_reads_a_unit_direction_and_starts_overhead():
+    """It starts straight up whatever the input, outputs unit directions, and reads both the
+    image features and the decoder's map (which it does not train)."""
     from delit_cache.models.light_head import LightHead
 
     torch.manual_seed(0)
-    head = LightHead(dim=32, heads=4)
-    tokens = torch.randn(3, 16, 32)
-    torch.testing.assert_close(head(tokens), torch.tensor([[0.0, 1.0, 0.0]]).expand(3, 3))
+    head = LightHead(width=16, grid=4).eval()
+    pooled = torch.randn(3, 16, 4, 4)
+    code = torch.rand(3, 4, 32, 64, requires_grad=True)
+    torch.testing.assert_close(head(pooled, code), torch.tensor([[0.0, 1.0, 0.0]]).expand(3, 3))
     with torch.no_grad():
         head.out[-1].weight.normal_(0, 0.5)
-    direction = head(tokens)
+    direction = head(pooled, code)
     torch.testing.assert_close(direction.norm(dim=1), torch.ones(3))
     assert not torch.allclose(direction[0], direction[1])  # depends on the image
+    other_map = head(pooled, code.detach().flip(-1))
+    assert not torch.allclose(direction, other_map)  # and on the map
+    direction.sum().backward()
+    assert code.grad is None
 
 
 def test_background_matte_blends_to_the_learned_background():
@@ -302,3 +309,34 @@ def test_pano_upsample_is_bilinear_on_the_wrapped_map():
     x = torch.randn(1, 1, 3, 5, requires_grad=True)
     pano_upsample(x, (6, 10)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_heads_with_a_light_head_move_the_maps_light_to_its_direction(tiny_vae):
+    """env_hdr: the decoded map with its brightest light moved to light_dir; infer returns
+    the direction, and with flip_average the mirror pass's direction is mirrored back."""
+    import dataclasses
+
+    from delit_cache.lighting.envcode import encode_env
+    from delit_cache.lighting.envmap import direction_grid
+    from delit_cache.lighting.sphere_metrics import angle_between_deg, brightest_direction
+    from delit_cache.models import DelitHeads
+
+    grid = direction_grid(128, 256)
+    sun = torch.nn.functional.normalize(torch.tensor([0.5, 0.6, -0.6]), dim=0)
+    env = 0.3 + 50 * torch.exp((torch.einsum("chw,c->hw", grid, sun) - 1) * 80)
+    code = encode_env(env.expand(3, -1, -1))[None]
+    target = torch.nn.functional.normalize(torch.tensor([[-0.7, 0.2, 0.5]]), dim=1)
+    moved = DelitHeads.env_hdr({"env_code": code, "light_dir": target})
+    assert angle_between_deg(brightest_direction(moved), target).item() < 2.0
+    torch.testing.assert_close(DelitHeads.env_hdr({"env_code": code}), decode_env(code))
+
+    heads = create_heads(dataclasses.replace(SMALL, light_head=True), seed=0)
+    with torch.no_grad():  # the same direction from any image, off the mirror plane
+        heads.env_decoder.light_head.out[-1].bias.copy_(torch.tensor([0.6, 0.0, 0.8]))
+    model, _ = create_model_and_transforms(tiny_vae, heads)
+    images = torch.rand(2, 3, 32, 32)
+    out = model.infer(images)
+    torch.testing.assert_close(out["light_dir"], torch.tensor([[0.6, 0.0, 0.8]]).expand(2, 3))
+    flipped = model.infer(images, flip_average=True)
+    torch.testing.assert_close(flipped["light_dir"], torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3))
+    assert torch.isfinite(flipped["env"]).all() and flipped["env"].shape == (2, 3, 128, 256)

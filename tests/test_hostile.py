@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -162,13 +163,15 @@ def test_infer_reports_nan_outputs_instead_of_writing_them(tmp_path, monkeypatch
 
 
 def test_infer_out_equal_to_input_folder_skips_its_own_outputs(tmp_path):
-    from delit_cache.infer.delighter import collect_inputs, is_own_output
+    from delit_cache.infer.delighter import DelitResult, collect_inputs, write_result
 
-    for name in ("face.png", "face_flat.png", "face_env.png"):
+    for name in ("face.png", "me_flat.png", "you_env.png"):  # user photos, any names
         (tmp_path / name).write_bytes(b"")
-    paths, _ = collect_inputs([tmp_path])
-    kept = [p.name for p in paths if not is_own_output(p, tmp_path)]
-    assert kept == ["face.png"]
+    result = DelitResult(flat=np.zeros((4, 4, 3), np.float32), env=np.ones((8, 16, 3)))
+    write_result(result, tmp_path, "face")  # marked: face_flat.png, face_env.png
+    paths, problems = collect_inputs([tmp_path])
+    assert [p.name for p in paths] == ["face.png", "me_flat.png", "you_env.png"] and not problems
+    assert collect_inputs([tmp_path / "face_flat.png"]) == ([tmp_path / "face_flat.png"], [])
 
 
 def test_atomic_writes_keep_the_umask_permissions(tmp_path):
@@ -698,9 +701,20 @@ def test_lora_alpha_inf_and_a_rank_above_full_rank_are_refused(tmp_path, capsys)
         ("model:\n  flat_width: -3\n", "model: flat_width must be >= 1, got -3"),
         ("model:\n  env_dim: wide\n", "model: env_dim must be an integer, got 'wide'"),
         ("model:\n  env_query_grid: [8, 0]\n", "model: env_query_grid must be >= 1, got (8, 0)"),
+        ("model:\n  env_heads: 3\n", "model: env_dim 256 must be a multiple of env_heads 3"),
+        ("model:\n  env_size: [100, 200]\n", "model: env_size (100, 200) must be env_query_grid"),
+        ("sphere_env_size: [0, 0]\n", "sphere_env_size must be >= 1, got [0, 0]"),
+        ("sphere_size: 0\n", "sphere_size must be >= 1, got 0"),
+        ("sphere_diffuse_weight: -1\n", "sphere_diffuse_weight must be >= 0, got -1"),
+        ("grad_clip: -1\n", "grad_clip must be >= 0, got -1"),
+        ("warmup_steps: -5\n", "warmup_steps must be >= 0, got -5"),
+        ("log_every: -1\n", "log_every must be >= 1, got -1"),
+        ("min_lr_ratio: 5\n", "min_lr_ratio must be in [0, 1], got 5"),
+        ("lr: 0.1\nsteps: 3\nlr: 0.2\n", "not valid YAML (duplicate key 'lr' on line 3)"),
+        ("model:\n  env_dim: 64\n  env_dim: 32\n", "duplicate key 'env_dim' on line 3"),
     ],
 )
-def test_config_values_of_the_wrong_type_are_one_line(text, expected, tmp_path, cache_path, capsys):
+def test_config_values_no_run_can_use_are_one_line(text, expected, tmp_path, cache_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     assert _train(cache_path, tmp_path / "run", str(config)) == 2
@@ -796,3 +810,249 @@ def test_a_png_whose_pixel_data_stops_early_is_refused(tmp_path, capsys):
         == f"error: {cut}: truncated PNG (pixel data ends after row 3 of 40)"
     )
     assert not out.exists()
+
+
+def _edited_heads(path: Path, extra: str | None = None, **tensors) -> Path:
+    """A SMALL heads file at ``path`` with its metadata ``extra`` text and some tensors
+    replaced."""
+    from safetensors import safe_open
+
+    save_heads(create_heads(SMALL, seed=0), path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    state = {**load_file(str(path)), **tensors}
+    save_file(state, str(path), metadata={**metadata, "extra": extra or metadata["extra"]})
+    return path
+
+
+@pytest.mark.parametrize("extra", ["[1,2]", "null", "{not json"])
+def test_heads_whose_extra_is_not_a_json_object_are_one_line(extra, tmp_path, cache_path, capsys):
+    heads = _edited_heads(tmp_path / "bad.safetensors", extra)
+    out = tmp_path / "o"
+    args = ["--checkpoint", str(heads), "--vae", "demo", "--device", "cpu", "--out", str(out)]
+    assert main(["infer", *args, str(_photo(tmp_path / "p.png"))]) == 2
+    assert _one_error_line(capsys).startswith(f"error: {heads}: metadata 'extra' ")
+    assert not out.exists()
+    assert _train(cache_path, tmp_path / "run", "tiny", "--init-from", str(heads)) == 2
+    assert _one_error_line(capsys).startswith(f"error: {heads}: metadata 'extra' ")
+
+
+@pytest.mark.parametrize(
+    "extra, tensors, expected",
+    [
+        (None, {"latent_std": torch.zeros(16)}, "latent_std must be positive"),
+        (None, {"latent_std": -torch.ones(16)}, "latent_std must be positive"),
+        (None, {"features.stem.bias": torch.zeros(32, dtype=torch.int32)}, "stored as I32"),
+        ('{"image_size": -64}', {}, "metadata image_size -64 is not a positive multiple of 8"),
+        ('{"image_size": 63}', {}, "metadata image_size 63 is not"),
+        ('{"image_size": true}', {}, "metadata image_size True is not"),
+        ('{"image_size": "big"}', {}, "metadata image_size 'big' is not"),
+    ],
+)
+def test_unusable_heads_are_refused_at_load_naming_the_checkpoint(
+    extra, tensors, expected, tmp_path, capsys
+):
+    heads = _edited_heads(tmp_path / "bad.safetensors", extra, **tensors)
+    out = tmp_path / "o"
+    args = ["--checkpoint", str(heads), "--vae", "demo", "--device", "cpu", "--out", str(out)]
+    assert main(["infer", *args, str(_photo(tmp_path / "p.png"))]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {heads}: ") and expected in line, line
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- outputs onto inputs
+
+
+def _env_copy(path: Path) -> Path:
+    shutil.copyfile(
+        Path(__file__).resolve().parents[1] / "delit_cache/assets/demo_mean_env.exr", path
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["envshow", "envmetrics", "sheet", "sheet-layout", "eval", "merge-lora-vae", "merge-lora"],
+)
+def test_an_output_onto_an_input_is_refused_in_one_line(command, tmp_path, capsys):
+    from test_pack_check import write_layout
+
+    exr, shard = _env_copy(tmp_path / "e1.exr"), _zero_env_shard(tmp_path / "dj")
+    lora, vae = tmp_path / "l.safetensors", tmp_path / "v.safetensors"
+    lora.write_bytes(b"lora")
+    vae.write_bytes(b"vae")
+    photo = write_layout(tmp_path / "src", stems=("a",)) / "relit" / "a.png"
+    victim, args = {
+        "envshow": (exr, ["envshow", str(exr), "--out", str(exr)]),
+        "envmetrics": (exr, ["envmetrics", str(_env_copy(tmp_path / "p.exr")), str(exr), "--json", str(exr)]),
+        "sheet": (shard, ["data", "sheet", str(shard.parent), "--out", str(shard)]),
+        "sheet-layout": (photo, ["data", "sheet", str(tmp_path / "src"), "--out", str(photo)]),
+        "eval": (shard, ["eval", *DEMO, "--data", str(shard.parent), "--json", str(shard)]),
+        "merge-lora-vae": (vae, ["merge-lora", "--vae", str(vae), "--lora", str(lora), "--out", str(vae)]),
+        "merge-lora": (lora, ["merge-lora", "--vae", "demo", "--lora", str(lora), "--out", str(lora)]),
+    }[command]  # fmt: skip
+    before = victim.read_bytes()
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    read = victim.parent if command == "sheet-layout" else victim  # relit/: inside it
+    assert f"{victim}: this output " in err and f"the input {read};" in err
+    assert victim.read_bytes() == before  # was: overwritten, exit 0
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.txt"])
+def test_envshow_refuses_an_extension_it_does_not_write(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["envshow", str(_env_copy(tmp_path / "e.exr")), "--out", str(out)]) == 2
+    assert (
+        _one_error_line(capsys)
+        == f"error: {out}: this output is written as .png; use that extension"
+    )
+    assert not out.exists()  # was: PNG bytes under a .jpg/.txt name
+
+
+def test_train_heads_out_inside_the_cache_is_refused(tmp_path, cache_path, capsys):
+    before = sorted(p.name for p in cache_path.iterdir())
+    for out in (cache_path, cache_path / "run"):
+        assert _train(cache_path, out, "tiny", "--steps", "2") == 2
+        assert f"the input {cache_path}" in _one_error_line(capsys)
+    assert sorted(p.name for p in cache_path.iterdir()) == before
+
+
+def test_train_lora_out_that_is_its_heads_is_refused(tmp_path, capsys):
+    run = tmp_path / "heads"
+    save_heads(create_heads(SMALL, seed=0), run / "heads.safetensors")
+    before = (run / "heads.safetensors").read_bytes()
+    shard = _zero_env_shard(tmp_path / "dj")
+    args = ["train-lora", "--checkpoint", str(run), "--vae", "demo", "--data", str(shard)]
+    for out in (run, tmp_path / "c.zarr" / "lora"):
+        cache = ["--cache", str(tmp_path / "c.zarr")]
+        assert main([*args, *cache, "--out", str(out), "--steps", "1"]) == 2
+        assert "choose" in _one_error_line(capsys)
+    assert sorted(p.name for p in run.iterdir()) == ["heads.safetensors"]
+    assert (run / "heads.safetensors").read_bytes() == before
+
+
+def test_encode_into_a_folder_of_shards_names_it_and_leaves_no_lock(tmp_path, capsys):
+    shard = _zero_env_shard(tmp_path / "dc")
+    for out in (tmp_path / "dc", shard):
+        args = ["encode", "--vae", "demo", "--data", str(shard), "--out", str(out), "--size", "64"]
+        assert main([*args, "--device", "cpu"]) == 2
+        what = "a file" if out == shard else "a folder of other files"
+        assert _one_error_line(capsys) == (
+            f"error: {out}: not a delit latent cache ({what}); pass a new path or an existing cache"
+        )  # was: "no latent cache here (run delit encode first)"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dc", "shard-000000.tar"]
+
+
+def test_infer_refuses_an_output_onto_an_input_photo(tmp_path, capsys):
+    sk = tmp_path / "sk2"
+    a, a_flat = _photo(sk / "a.png"), _photo(sk / "a_flat.png", size=(20, 12))
+    before = a_flat.read_bytes()
+    assert main(["infer", *DEMO, "--out", str(sk), str(sk)]) == 2
+    err = _one_error_line(capsys)
+    assert f"{a_flat}: the output of {a} would overwrite this input" in err
+    assert sorted(p.name for p in sk.iterdir()) == ["a.png", "a_flat.png"]
+    assert a_flat.read_bytes() == before  # was: a.png's output, and a_flat.png never read
+
+
+def test_infer_takes_photos_named_like_outputs_and_skips_only_its_own(tmp_path, capsys, caplog):
+    sk = tmp_path / "sk"
+    _photo(sk / "me_flat.png"), _photo(sk / "you_env.png")
+    assert main(["infer", *DEMO, "--out", str(sk), str(sk)]) == 0  # was: 0 done, exit 0
+    assert capsys.readouterr().out == "delit infer: 2 image(s) done, 0 failed\n"
+    outputs = {p.name for p in sk.iterdir()} - {"me_flat.png", "you_env.png"}
+    assert len(outputs) == 6
+    assert main(["infer", *DEMO, "--out", str(sk), str(sk)]) == 0  # its outputs are not inputs
+    assert capsys.readouterr().out == "delit infer: 2 image(s) done, 0 failed\n"
+    assert f"{sk}: skipping 4 image(s) that delit infer wrote" in caplog.text
+    named = sk / "me_flat_flat.png"  # named explicitly: delighted like any photo
+    assert main(["infer", *DEMO, "--out", str(sk), str(named)]) == 0
+    assert (sk / "me_flat_flat_flat.png").is_file()
+
+
+def test_demo_refuses_a_config_no_run_can_use_before_any_stage(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  env_dim: 64\n  env_heads: 3\n")
+    args = ["demo", "--out", str(tmp_path / "d"), "--device", "cpu", "--init-from", "none"]
+    assert main([*args, "--config", str(config)]) == 2
+    assert "env_dim 64 must be a multiple of env_heads 3" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--n", "0"), ("--n", "-1"), ("--height", "0"), ("--height", "-8")]
+)
+def test_sheet_counts_below_1_are_refused(flag, value, tmp_path, capsys):
+    from test_encode import write_shards
+
+    shards = write_shards(tmp_path / "d", 2)
+    out = tmp_path / "sh.png"
+    args = ["data", "sheet", str(shards), "--out", str(out), "--n", "2", "--height", "16"]
+    assert main([*args, flag, value]) == 2
+    assert f"'{flag}'" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_encode_augment_above_the_limit_creates_nothing(tmp_path, capsys):
+    from test_encode import write_shards
+
+    shards = write_shards(tmp_path / "d", 1)
+    out = tmp_path / "c.zarr"
+    args = ["encode", "--vae", "demo", "--data", str(shards), "--out", str(out), "--size", "16"]
+    assert main([*args, "--device", "cpu", "--augment", "1000000", "--no-progress"]) == 2
+    assert _one_error_line(capsys) == "error: --augment 1000000: at most 1024 variants per sample"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_encode_whose_plan_fails_leaves_no_store_or_lock(tmp_path, capsys):
+    from test_encode import write_shards
+
+    a, b = write_shards(tmp_path / "a", 1), write_shards(tmp_path / "b", 1)  # the same key
+    out = tmp_path / "c.zarr"
+    args = ["encode", "--vae", "demo", "--data", str(a), "--data", str(b), "--out", str(out)]
+    assert main([*args, "--size", "16", "--device", "cpu", "--no-progress"]) == 2
+    assert "is in both" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "size_line, pixels", [(b"-Y 4 +X 8", b"\x02\x02\x00"), (b"-Y 100000 +X 200000", b"\0" * 45)]
+)
+def test_truncated_radiance_file_is_one_line(size_line, pixels, tmp_path, capsys):
+    """A cut RLE scanline used to be a struct.error; a tiny file claiming 80 GB of pixels
+    was reported as out of memory."""
+    bad = tmp_path / "cut.hdr"
+    bad.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + size_line + b"\n" + pixels)
+    assert main(["envmetrics", str(bad), str(bad)]) == 2
+    assert _one_error_line(capsys).startswith(f"error: {bad}: truncated Radiance file (")
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_and_exit_130(monkeypatch, capsys):
+    import cli.app as app_mod
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app_mod, "load_commands", interrupted)
+    try:
+        code = main(["train-heads", "--help"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main")
+    assert code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_sigint_during_start_up_has_no_traceback(tmp_path):
+    """SIGINT a second in, while torch is still being imported."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "cli", "train-heads", "--cache", str(tmp_path / "c.zarr")]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "r")], env=env, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130 and err == "interrupted\n", (proc.returncode, err[-2000:])

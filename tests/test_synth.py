@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -287,3 +288,22 @@ def test_other_background_keeps_the_scene_and_changes_only_the_background(tmp_pa
     assert diff > 0.1  # the background: another env
     with pytest.raises(DelitError, match="p-other-background"):
         synth(tmp_path / "o", n=1, size=32, p_other_background=float("nan"), progress=False)
+
+
+def test_an_interrupted_synth_resumes_to_the_same_shards(tmp_path, capsys):
+    """Rerun with the same arguments, a synth keeps its complete shards and rewrites from the
+    first missing or damaged one; the shards are those of an uninterrupted run."""
+    args = ["--n", "5", "--size", "32", "--shard-size", "2", "--seed", "3"]
+    assert main(["synth", "--out", str(tmp_path / "whole"), *args]) == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    first = (cut / "shard-000000.tar").stat().st_mtime_ns
+    data = (cut / "shard-000001.tar").read_bytes()
+    (cut / "shard-000001.tar").write_bytes(data[: len(data) // 2])  # killed mid-shard
+    (cut / "shard-000002.tar").unlink()
+    assert main(["synth", "--out", str(cut), *args]) == 0
+    for shard in sorted((tmp_path / "whole").glob("*.tar")):
+        assert (cut / shard.name).read_bytes() == shard.read_bytes(), shard.name
+    assert (cut / "shard-000000.tar").stat().st_mtime_ns == first  # kept, not rewritten
+    assert main(["synth", "--out", str(cut), *args[:-1], "4"]) == 2  # another seed
+    assert "of another synth run" in capsys.readouterr().err

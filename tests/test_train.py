@@ -292,6 +292,44 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
         initial_heads(shrunk, cache, [0])
 
 
+def test_train_only_fits_a_new_light_head_and_holds_the_rest_fixed(tmp_path, cache_path, capsys):
+    """train_only: the named part trains, every other tensor comes back bit for bit; a
+    prefix naming nothing, and a run whose weighted terms cannot reach the part, are refused
+    with one line."""
+    from cli.app import main
+
+    config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
+    first = tmp_path / "first"
+    args = ["train-heads", "--cache", str(cache_path), "--no-progress", "--batch-size", "2"]
+    assert main([*args, "--config", config, "--out", str(first), "--steps", "2"]) == 0
+    model = {**load_config(config).model, "light_head": True}
+    only = dict(val_fraction=0.0, val_every=0, model=model, train_only=["env_decoder.light_head"])
+    light = write_config(tmp_path / "l.yaml", light_head_weight=1.0, **only)
+    run = tmp_path / "light"
+    steps = ["--steps", "3", "--init-from", str(first)]
+    assert main([*args, "--config", light, "--out", str(run), *steps]) == 0
+    before = load_heads(first / "heads.safetensors").state_dict()
+    after = load_heads(run / "heads.safetensors").state_dict()
+    moved = {k for k in after if k not in before or not torch.equal(after[k], before[k])}
+    assert moved and all(k.startswith("env_decoder.light_head.") for k in moved), moved
+    assert load_config(light).train_only == ("env_decoder.light_head",)
+
+    nothing = write_config(
+        tmp_path / "n.yaml", light_head_weight=1.0, **{**only, "train_only": ["nope"]}
+    )
+    capsys.readouterr()
+    assert main([*args, "--config", nothing, "--out", str(tmp_path / "n"), *steps]) == 2
+    assert "train_only: 'nope' names no parameter" in capsys.readouterr().err
+    unreached = write_config(tmp_path / "u.yaml", **only)  # no light-head term
+    assert main([*args, "--config", unreached, "--out", str(tmp_path / "u"), *steps]) == 2
+    assert "no loss term with a weight above 0 reaches" in capsys.readouterr().err
+
+
+def test_train_only_must_be_a_list_of_names():
+    with pytest.raises(DelitError, match="train_only must be a list of strings"):
+        load_config("tiny", {"train_only": [1]})
+
+
 def test_light_head_loss_needs_a_light_head():
     with pytest.raises(DelitError, match=r"light_head_weight needs model\.light_head"):
         load_config("tiny", {"light_head_weight": 1.0})

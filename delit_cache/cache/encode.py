@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,10 @@ from delit_cache.utils.faults import fault_point
 from delit_cache.utils.logs import get_logger, progress_bar
 
 log = get_logger(__name__)
+
+# variants per sample (--augment): far more than distinct augmentations are useful, and well
+# inside the store's int16 variant column
+MAX_AUGMENT = 1024
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,15 @@ def plan_entries(
     return entries, skipped
 
 
+def lock_file(out: Path) -> Path:
+    """``OUT.lock``: the lock file beside the store ``out``."""
+    return out.with_name(out.name + ".lock")
+
+
 @contextmanager
 def encode_lock(out: Path) -> Iterator[None]:
     """Hold ``OUT.lock`` (beside the store) for one encode; refuse when another holds it."""
-    lock_path = out.with_name(out.name + ".lock")
+    lock_path = lock_file(out)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as fh:
         try:
@@ -227,14 +237,19 @@ def _collective_plan(
     stack: ExitStack,
 ) -> tuple[int, int]:
     """Plan on rank 0 (taking the lock onto ``stack``) and share the outcome; every rank
-    raises the same DelitError on failure."""
+    raises the same DelitError on failure. A store and lock file this run made are removed
+    again when planning fails."""
     result: tuple[str, object] = ("ok", (0, 0))
     if info.is_main:
+        fresh = not out.exists() and not lock_file(out).exists()
         try:
             stack.enter_context(encode_lock(out))
             result = ("ok", _plan_on_main(out, spec, block_size, shards))
         except DelitError as exc:
             result = ("error", str(exc))
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+                lock_file(out).unlink(missing_ok=True)
     result = broadcast_object(result)
     if result[0] == "error":
         raise DelitError(str(result[1]))
@@ -410,12 +425,14 @@ def encode_shards(
         raise DelitError(f"--size {size}: must be a positive multiple of 8")
     if batch_size < 1 or augment < 1:
         raise DelitError("--batch-size and --augment must be >= 1")
+    if augment > MAX_AUGMENT:
+        raise DelitError(f"--augment {augment}: at most {MAX_AUGMENT} variants per sample")
     if workers < 0:
         raise DelitError(f"--workers {workers}: must be >= 0")
     if block_size < 1:  # checked before the lock file is made beside the store
         raise DelitError(f"--block-size {block_size}: must be >= 1")
     encode_dtype = vae.dtype if vae is not None else resolve_dtype(dtype)
-    out = Path(out)
+    out = cache_mod.check_cache_path(out)  # before the lock file is made beside it
     info = dist_info()
     init_distributed(info, backend="gloo")
     try:

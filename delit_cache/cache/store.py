@@ -127,7 +127,23 @@ def open_store(path: str | Path, spec: CacheSpec, block_size: int) -> zarr.Group
     return _open_group(path, mode="r+")
 
 
+def check_cache_path(path: str | Path) -> Path:
+    """Refuse (``DelitError``) an existing ``path`` that is not a Zarr store: a file, or a
+    folder of other files (shards, say), is never taken for or turned into a cache."""
+    path = Path(path)
+    if not path.exists() or (path / "zarr.json").is_file():
+        return path
+    if path.is_dir():
+        what = "a folder of other files" if any(path.iterdir()) else "an empty folder"
+    else:
+        what = "a file"
+    raise DelitError(
+        f"{path}: not a delit latent cache ({what}); pass a new path or an existing cache"
+    )
+
+
 def _open_group(path: Path, mode: str) -> zarr.Group:
+    check_cache_path(path)
     try:
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -340,6 +356,13 @@ def damage_report(path: str | Path) -> tuple[list[integrity.Damage], int, bool]:
     group = _open_group(path, mode="r")
     damage = integrity.scan(group, CHECKED_ARRAYS)
     return damage, int(integrity.done_flags(group).sum()), integrity.has_digests(group)
+
+
+def pending_report(path: str | Path) -> tuple[int, int]:
+    """(blocks planned but not encoded yet, blocks planned) of the cache at ``path``; a done
+    flag that cannot be read counts as not encoded."""
+    flags = integrity.done_flags(_open_group(Path(path), mode="r"))
+    return int((flags == 0).sum()), len(flags)
 
 
 def touch(group: zarr.Group) -> None:

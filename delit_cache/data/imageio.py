@@ -275,9 +275,22 @@ def _rle_scanline(data: bytes, pos: int, width: int, path: Path) -> tuple[np.nda
     return line.T, pos
 
 
+def _least_pixel_bytes(h: int, w: int) -> int:
+    """The fewest bytes ``h`` scanlines of width ``w`` take: flat RGBE, or (widths 8 to 32767)
+    new-style RLE with every channel in runs of 127."""
+    if 8 <= w < 32768:
+        return h * (4 + 4 * 2 * -(-w // 127))
+    return h * 4 * w
+
+
 def _read_rgbe(path: Path) -> np.ndarray:
     data = path.read_bytes()
     h, w, pos = _rgbe_header(data, path)
+    if len(data) - pos < _least_pixel_bytes(h, w):  # before allocating what the header claims
+        raise DelitError(
+            f"{path}: truncated Radiance file ({len(data) - pos} bytes of pixel data, too few "
+            f"for its {w}x{h} pixels)"
+        )
     rgbe = np.empty((h, w, 4), dtype=np.uint8)
     try:
         for y in range(h):
@@ -289,7 +302,7 @@ def _read_rgbe(path: Path) -> np.ndarray:
             else:
                 rgbe[y] = np.frombuffer(data, np.uint8, 4 * w, pos).reshape(w, 4)
                 pos += 4 * w
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, struct.error):
         raise DelitError(f"{path}: truncated or corrupt Radiance pixel data") from None
     return rgbe_to_float(rgbe)
 
@@ -532,12 +545,15 @@ def _png16_bytes(a: np.ndarray) -> bytes:
     )
 
 
-def write_png(path: str | Path, arr, bits: int = 8) -> None:
+def write_png(path: str | Path, arr, bits: int = 8, text: dict[str, str] | None = None) -> None:
     """Write an image in [0, 1] to PNG (8 or 16 bits per channel), atomically.
 
     ``arr``: numpy ``[H,W]``, ``[H,W,3]`` or ``[H,W,4]`` (or a ``[C,H,W]`` tensor), float in
     [0, 1] (clipped) or uint8 (8-bit only). Values are written as given (no sRGB encoding).
+    ``text``: tEXt chunks (8-bit only), read back by PIL as ``Image.open(path).info``.
     """
+    if text and bits != 8:
+        raise ValueError("PNG text chunks are written in 8-bit PNGs only")
     if isinstance(arr, torch.Tensor):
         arr = tensor_to_image(arr)
     a = np.asarray(arr)
@@ -555,10 +571,17 @@ def write_png(path: str | Path, arr, bits: int = 8) -> None:
         if bits == 16:
             tmp.write_bytes(_png16_bytes(a.astype(np.uint16)))
         else:
-            from PIL import Image
+            _save_png8(tmp, a.astype(np.uint8), text or {})
 
-            img = a.astype(np.uint8)
-            Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(tmp, format="PNG")
+
+def _save_png8(path: Path, img: np.ndarray, text: dict[str, str]) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(path, "PNG", pnginfo=info)
 
 
 def read_image(path: str | Path) -> np.ndarray:

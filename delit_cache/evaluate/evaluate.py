@@ -48,8 +48,9 @@ class _Means:
         self.sums[name] += float(value) * count
         self.counts[name] += count
 
-    def mean(self, name: str) -> float:
-        return self.sums[name] / self.counts[name] if self.counts[name] else math.nan
+    def mean(self, name: str) -> float | None:
+        """The average of ``name``'s values; None (JSON null) when none were added."""
+        return self.sums[name] / self.counts[name] if self.counts[name] else None
 
     def env_block(self, prefix: str) -> dict[str, Any]:
         """Means in the JSON shape ``{diffuse: {...}, matte: {...}, mirror: {...}, light_dir_deg}``."""
@@ -292,16 +293,26 @@ def _result(means: _Means, n: int, source: str, seconds: float) -> dict[str, Any
 # Table
 
 
-def _row(label: str, model: float, base: float | None, lower_is_better: bool, digits: int) -> str:
+def _row(
+    label: str,
+    model: float | None,
+    base: float | None,
+    lower_is_better: bool,
+    digits: int,
+    baseline: bool = True,
+) -> str:
+    """One table row; a score that is None (e.g. no detected light in any pair) shows as
+    ``-``; ``baseline=False``: a row without a baseline column."""
+
     def fmt(x: float | None) -> str:
-        return "-" if x is None else f"{x:.{digits}f}"
+        return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
     mark = ""
-    if base is not None and not (math.isnan(model) or math.isnan(base)):
+    if baseline and "-" in (fmt(model), fmt(base)):
+        mark = "-"
+    elif baseline:
         better = model < base if lower_is_better else model > base
         mark = "yes" if better else "no"
-    elif base is not None:
-        mark = "-"  # a NaN score (e.g. no detected light in any pair)
     return f"{label:<24} {fmt(model):>10} {fmt(base):>10}  {mark:>6}"
 
 
@@ -329,7 +340,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(_row("  PSNR (dB)", m["flat_psnr"], base_flat["flat_psnr"], False, 2))
     lines.append(_row("  SSIM", m["flat_ssim"], base_flat["flat_ssim"], False, 4))
     ceiling = result["codec_ceiling"]["flat_psnr"]
-    lines.append(_row("  codec ceiling PSNR", ceiling, None, False, 2))
+    lines.append(_row("  codec ceiling PSNR", ceiling, None, False, 2, baseline=False))
     lines.append(f"env map (baseline: mean env map of the {_short_source(result)})")
     names = {"si_rmse": ("si-RMSE", 4), "angular_deg": ("angular (deg)", 2), "nrmse": ("nRMSE", 4)}
     for sphere in SPHERES:

@@ -95,6 +95,8 @@ def _lookup(section: dict | None, path: tuple[str, ...]) -> str:
         if not isinstance(value, dict) or key not in value:
             return "–"
         value = value[key]
+    if value is None:  # undefined, e.g. no detected light in any pair
+        return "–"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

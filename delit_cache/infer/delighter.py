@@ -25,7 +25,7 @@ from delit_cache.models import (
     PortraitTransform,
     create_model_and_transforms,
 )
-from delit_cache.models.pretrained import heads_metadata, heads_weights_path, load_heads
+from delit_cache.models.pretrained import heads_weights_path
 from delit_cache.utils.atomic import writable_dir
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
@@ -80,39 +80,20 @@ def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | Non
     (the training metadata), ``image_size`` (int or None) and ``vae_fingerprint`` (or None).
     Raises ``DelitError`` for a missing or unusable checkpoint (VAE weights, garbage, ...).
     """
+    from delit_cache.infer.heads_checks import checked_heads
+
     # the HDR reader pulls in OpenEXR
     from delit_cache.lighting.envmap import load_env, require_light
 
     heads_path, env_path = _checkpoint_files(spec)
-    heads = load_heads(heads_path)
-    extra = heads_metadata(heads_path)
+    heads, facts = checked_heads(heads_path)
     mean_env = require_light(load_env(env_path), env_path) if env_path is not None else None
     info = {
         "checkpoint": str(heads_path),
         "mean_env": str(env_path) if env_path is not None else None,
-        "extra": extra,
-        "image_size": _int_or_none(extra.get("image_size")),
-        "vae_fingerprint": _training_fingerprint(extra),
+        **facts,
     }
     return heads, mean_env, info
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def _training_fingerprint(extra: dict) -> str | None:
-    """The fingerprint of the VAE the heads were trained on, as recorded in the metadata."""
-    for key in ("vae_fingerprint", "fingerprint"):
-        if isinstance(extra.get(key), str):
-            return extra[key]
-    vae = extra.get("vae")
-    if isinstance(vae, dict) and isinstance(vae.get("fingerprint"), str):
-        return vae["fingerprint"]
-    return None
 
 
 def vae_mismatch_warning(info: dict, vae: object) -> str | None:
@@ -176,20 +157,18 @@ def load_vae_and_model(
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Files and folders -> (image files, one-line problems for inputs that do not exist).
 
-    Folders are searched recursively for png/jpg/jpeg/webp/tif files; each folder's files and
-    the list as a whole keep the given order, folder contents sorted. Duplicates (the same
-    file named twice, by any spelling or link) are dropped.
+    Folders are searched recursively for png/jpg/jpeg/webp/tif files, less the PNGs that
+    ``delit infer`` wrote (``is_own_output``); a file named in ``inputs`` is always taken.
+    Each folder's files and the list as a whole keep the given order, folder contents sorted.
+    Duplicates (the same file named twice, by any spelling or link) are dropped.
     """
     files: list[Path] = []
     problems: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                problems.append(f"{path}: folder holds no png/jpg/jpeg/webp/tif images")
+            found, problem = _folder_photos(path)
+            problems.extend([problem] if problem else [])
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -199,6 +178,70 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]
     for f in files:
         unique.setdefault(f.resolve(), f)
     return list(unique.values()), problems
+
+
+def _folder_photos(folder: Path) -> tuple[list[Path], str | None]:
+    """The photos under ``folder`` (sorted), less delit infer's own outputs; a problem line
+    when none is left."""
+    found = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    photos = [p for p in found if not is_own_output(p)]
+    if len(photos) < len(found):
+        log.info(
+            "%s: skipping %d image(s) that delit infer wrote (name a file to delight it)",
+            folder,
+            len(found) - len(photos),
+        )
+    if photos:
+        return photos, None
+    if found:
+        return [], f"{folder}: folder holds only images that delit infer wrote"
+    return [], f"{folder}: folder holds no png/jpg/jpeg/webp/tif images"
+
+
+OUTPUT_MARK = {"Software": "delit infer"}  # a text chunk in every PNG delit infer writes
+OUTPUT_SUFFIXES = ("_flat.png", "_env.exr", "_env.png")
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether ``path`` is a PNG that ``delit infer`` wrote (it carries ``OUTPUT_MARK``): a
+    folder that also receives the outputs must not feed them back in as photos."""
+    if path.suffix.lower() != ".png":
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the chunks before the pixels only
+            return all(im.info.get(k) == v for k, v in OUTPUT_MARK.items())
+    except Exception:  # unreadable: not ours; reading it as a photo reports it
+        return False
+
+
+@dataclass
+class InputPlan:
+    """The photos of one run, their output names, and one-line problems for missing inputs."""
+
+    paths: list[Path]
+    problems: list[str]
+    names: dict[Path, str]
+
+
+def plan_inputs(inputs: Sequence[str | Path], out_dir: str | Path) -> InputPlan:
+    """``collect_inputs`` and ``output_names``; ``DelitError`` naming both paths when an
+    output in ``out_dir`` would overwrite an input (``--out`` is a folder of the inputs)."""
+    paths, problems = collect_inputs(inputs)
+    names = output_names(paths)
+    given = {p.resolve(): p for p in paths}
+    for path in paths:
+        for suffix in OUTPUT_SUFFIXES:
+            target = Path(out_dir) / f"{names[path]}{suffix}"
+            if target.resolve() in given:
+                raise DelitError(
+                    f"{target}: the output of {path} would overwrite this input; "
+                    "choose another --out"
+                )
+    return InputPlan(paths, problems, names)
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -378,23 +421,24 @@ class Delighter:
         ]
 
     def run(
-        self, inputs: Sequence[str | Path], out_dir: str | Path, progress: bool = True
+        self, inputs: Sequence[str | Path] | InputPlan, out_dir: str | Path, progress: bool = True
     ) -> RunSummary:
-        """Delight every photo in ``inputs`` (files or folders) into ``out_dir``.
+        """Delight every photo in ``inputs`` (files or folders, or their ``plan_inputs``)
+        into ``out_dir``.
 
         Writes ``<name>_flat.png`` (the photo's size), ``<name>_env.exr`` (128 x 256 linear
         HDR) and ``<name>_env.png`` (panorama and three spheres) atomically. An unreadable
-        photo is reported in one line on stderr and skipped; see ``RunSummary``.
+        photo is reported in one line on stderr and skipped; see ``RunSummary``. An output
+        that would overwrite an input is a ``DelitError`` before any photo is read.
         """
         out = Path(out_dir)
-        paths, problems = collect_inputs(inputs)
-        paths = [p for p in paths if not is_own_output(p, out)]
-        summary = RunSummary(failed=list(problems))
-        for line in problems:
+        plan = inputs if isinstance(inputs, InputPlan) else plan_inputs(inputs, out)
+        paths, names = plan.paths, plan.names
+        summary = RunSummary(failed=list(plan.problems))
+        for line in plan.problems:
             log.error("error: %s", line)
         if not paths:
             return summary
-        names = output_names(paths)
         existed = out.exists()
         bar = progress_bar(total=len(paths), unit="img", enabled=progress)
         try:
@@ -440,30 +484,23 @@ def _write_checked(path: Path, res: DelitResult, stem: Path, summary: RunSummary
     log.error("error: %s", summary.failed[-1])
 
 
-OUTPUT_SUFFIXES = ("_flat.png", "_env.png")
-
-
-def is_own_output(path: Path, out_dir: Path) -> bool:
-    """Whether ``path`` is an output ``delit infer`` writes into ``out_dir`` (an ``--out`` that
-    is also an input folder must not feed its own outputs back in)."""
-    return path.name.endswith(OUTPUT_SUFFIXES) and path.parent.resolve() == out_dir.resolve()
-
-
 def _path_batches(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def write_result(result: DelitResult, out_dir: Path, name: str) -> list[Path]:
-    """Write ``<name>_flat.png``, ``<name>_env.exr`` and ``<name>_env.png``; return the paths."""
+    """Write ``<name>_flat.png``, ``<name>_env.exr`` and ``<name>_env.png`` (the PNGs marked
+    with ``OUTPUT_MARK``); return the paths."""
     from delit_cache.data.imageio import write_exr, write_png
     from delit_cache.lighting.envshow import env_figure
 
     figure = env_figure(torch.from_numpy(result.env).permute(2, 0, 1))
+    flat, exr, show = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     writes = [
-        (out_dir / f"{name}_flat.png", lambda p: write_png(p, result.flat)),
-        (out_dir / f"{name}_env.exr", lambda p: write_exr(p, result.env)),
-        (out_dir / f"{name}_env.png", lambda p: write_png(p, figure)),
+        (flat, lambda p: write_png(p, result.flat, text=OUTPUT_MARK)),
+        (exr, lambda p: write_exr(p, result.env)),
+        (show, lambda p: write_png(p, figure, text=OUTPUT_MARK)),
     ]
     done: list[Path] = []
     try:

@@ -516,7 +516,7 @@ def diffusionlight_metrics(pred_env: torch.Tensor, gt_env: torch.Tensor) -> dict
 
     {"diffuse": {"si_rmse", "angular_deg", "nrmse"}, "matte_silver": {...},
      "mirror": {...}, "light_dir_deg": float (mean over pairs where both maps have a
-     light, as EnvMapNet's script averages; NaN if none), "light_pairs": int}
+     light, as EnvMapNet's script averages; None if none), "light_pairs": int}
     """
     with torch.no_grad():
         errs = diffusionlight_errors(pred_env, gt_env)
@@ -526,6 +526,6 @@ def diffusionlight_metrics(pred_env: torch.Tensor, gt_env: torch.Tensor) -> dict
     }
     light = errs["light_dir_deg"]
     valid = ~torch.isnan(light)
-    result["light_dir_deg"] = float(light[valid].mean()) if valid.any() else math.nan
+    result["light_dir_deg"] = float(light[valid].mean()) if valid.any() else None
     result["light_pairs"] = int(valid.sum())
     return result

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from delit_cache.lighting.envcode import decode_env
 from delit_cache.lighting.envmap import mirror_env
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
-from delit_cache.models.heads import DelitHeads, create_heads
+from delit_cache.models.heads import DelitHeads, create_heads, steered
 from delit_cache.models.transform import PortraitTransform
 
 
@@ -59,22 +60,29 @@ class DelitModel(nn.Module):
         exactly mirror-symmetric, the VAE's latents are not, so the mirror pass is a second,
         partly independent estimate; twice the compute. ``env_code`` and ``flat_latent``
         are then the unflipped pass's.
+
+        Heads with a light head also return its direction ``light_dir`` [B,3], and ``env`` is
+        the decoded map with its brightest light moved there (``DelitHeads.env_hdr``);
+        ``env_code`` stays the map as decoded.
         """
         batch = torch.cat([images, images.flip(-1)]) if flip_average else images
         out = self.heads(self.vae.encode(batch).float())
         code = out["env_code"].clamp(0.0, 1.0)
         flat = self.vae.decode(out["flat_latent"], size=tuple(images.shape[-2:])).float()
-        env = decode_env(code)
         n = len(images)
+        env, light = decode_env(code), out.get("light_dir")
         if flip_average:
             flat = 0.5 * (flat[:n] + flat[n:].flip(-1))
             env = 0.5 * (env[:n] + mirror_env(env[n:]))
-        return {
+            if light is not None:  # the mirror pass's direction mirrored back: x -> -x
+                light = F.normalize(light[:n] + light[n:] * light.new_tensor([-1, 1, 1]), dim=1)
+        result = {
             "flat": flat,
-            "env": env,
+            "env": steered(env, light),
             "env_code": code[:n],
             "flat_latent": out["flat_latent"][:n],
         }
+        return result if light is None else {**result, "light_dir": light[:n]}
 
 
 def create_model_and_transforms(

@@ -125,7 +125,7 @@ class EnvDecoder(nn.Module):
         self.head = PanoConv(chans[-1], 4)  # residual detail on top of the coarse map
         nn.init.zeros_(self.head.conv.weight)
         nn.init.zeros_(self.head.conv.bias)
-        self.light_head = LightHead(dim, cfg.env_heads) if cfg.light_head else None
+        self.light_head = LightHead(width, grid) if cfg.light_head else None
 
     def forward(self, env_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """``env_code`` ``[B,4,H,W]``; with a light head also ``light_dir`` ``[B,3]``."""
@@ -147,4 +147,4 @@ class EnvDecoder(nn.Module):
         code = 0.5 + OUTPUT_GAIN * (coarse + detail)
         if self.light_head is None:
             return {"env_code": code}
-        return {"env_code": code, "light_dir": self.light_head(tokens)}
+        return {"env_code": code, "light_dir": self.light_head(pooled, code)}

@@ -6,10 +6,17 @@ import torch
 from torch import nn
 
 from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.steer import move_brightest_light
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
 from delit_cache.models.env_decoder import EnvDecoder
 from delit_cache.models.feature_extractor import FeatureExtractor
 from delit_cache.models.projections import EnvProjection, FlatProjection
+
+
+def steered(env: torch.Tensor, light_dir: torch.Tensor | None) -> torch.Tensor:
+    """Linear env maps ``[B,3,H,W]`` with their brightest light moved to the light head's
+    directions ``[B,3]`` (None: heads without a light head; the maps as they are)."""
+    return env if light_dir is None else move_brightest_light(env, light_dir.float())
 
 
 class DelitHeads(nn.Module):
@@ -58,15 +65,25 @@ class DelitHeads(nn.Module):
         z, mean, std = self._standardise(relit_latent)
         return self.flat_proj(self.features(z), z) * std + mean
 
+    @staticmethod
+    def env_hdr(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The linear HDR env maps ``[B,3,128,256]`` (float32) of ``forward``'s outputs:
+        ``env_code`` decoded and, where the heads have a light head, the map's brightest light
+        moved to the head's ``light_dir`` (``lighting.steer.move_brightest_light``)."""
+        env = decode_env(out["env_code"].float().clamp(0.0, 1.0))
+        return steered(env, out.get("light_dir"))
+
     @torch.no_grad()
     def env_maps(self, relit_latent: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Linear HDR env maps ``[B,3,128,256]`` (float32) of relit latents ``[B,16,h,w]``,
-        ``batch_size`` at a time: what the heads predict from a latent cache, no VAE."""
-        codes = [
-            self(relit_latent[i : i + batch_size])["env_code"].float()
-            for i in range(0, len(relit_latent), batch_size)
-        ]
-        return decode_env(torch.cat(codes))
+        """Linear HDR env maps ``[B,3,128,256]`` (float32) of relit latents ``[B,16,h,w]``
+        (``env_hdr``), ``batch_size`` at a time: what the heads predict from a latent cache,
+        no VAE."""
+        return torch.cat(
+            [
+                self.env_hdr(self(relit_latent[i : i + batch_size]))
+                for i in range(0, len(relit_latent), batch_size)
+            ]
+        )
 
     @torch.no_grad()
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:

@@ -1,9 +1,12 @@
-"""Light head: the direction of the dominant light, read off the env decoder's image tokens.
+"""Light head: the direction of the dominant light, read off the image features together with
+the env decoder's own map.
 
-One learned query attends to the tokens the panorama queries see and a small MLP reads out a
-direction. Training supervises it with the true map's brightest-light direction
-(``light_head_weight``), which teaches the shared tokens where the light is; the direction is
-also an output of its own (``light_dir``).
+The brightest spot of the decoded map is a guess the image features can correct: a small
+convolution over the env decoder's pooled image features (their layout kept) and the map
+itself, area-resampled to 16 x 32 in log radiance, feed an MLP that outputs a direction.
+Training supervises it with the true map's brightest-light direction (``light_head_weight``);
+``DelitHeads.env_hdr`` then moves the map's brightest light there
+(``lighting.steer.move_brightest_light``).
 """
 
 from __future__ import annotations
@@ -12,22 +15,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from delit_cache.lighting.envcode import decode_env
+from delit_cache.lighting.envmap import resample_env
+
+MAP_SIZE = (16, 32)  # the decoder's map as the head sees it
+
 
 class LightHead(nn.Module):
-    """Image tokens ``[B,N,dim]`` -> unit direction ``[B,3]`` (starts straight up, +y)."""
+    """Pooled features ``[B,width,g,g]`` and the env encoding ``[B,4,H,W]`` -> unit direction
+    ``[B,3]`` (starts straight up, +y). The map enters detached: the head reads it, it does not
+    train it."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, width: int, grid: int, hidden: int = 256):
         super().__init__()
-        self.query = nn.Parameter(0.02 * torch.randn(1, 1, dim))
-        self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.out = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3))
+        self.features = nn.Sequential(
+            nn.GroupNorm(1, width),  # one group: any width
+            nn.Conv2d(width, 64, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(64, 32, 1),
+            nn.GELU(),
+        )
+        inputs = 32 * grid * grid + 3 * MAP_SIZE[0] * MAP_SIZE[1]
+        self.out = nn.Sequential(
+            nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(0.2), nn.Linear(hidden, 3)
+        )
         nn.init.zeros_(self.out[-1].weight)
         with torch.no_grad():
             self.out[-1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        q = self.query.expand(tokens.shape[0], -1, -1)
-        kv = self.norm(tokens)
-        raw = self.out(self.attn(q, kv, kv, need_weights=False)[0][:, 0]).float()
-        return F.normalize(raw, dim=1, eps=1e-6)
+    def forward(self, pooled: torch.Tensor, env_code: torch.Tensor) -> torch.Tensor:
+        env = decode_env(env_code.detach().float().clamp(0.0, 1.0))
+        small = torch.log1p(resample_env(env, MAP_SIZE)).to(pooled.dtype)
+        x = torch.cat([self.features(pooled).flatten(1), small.flatten(1)], dim=1)
+        return F.normalize(self.out(x).float(), dim=1, eps=1e-6)

@@ -224,6 +224,11 @@ def render_scene(
     return SynthSample("", relit, flat, scene.env * scale, mask, g.normal, ao, meta)
 
 
+def sample_key(seed: int, index: int) -> str:
+    """The shard key of sample ``index`` of the dataset with ``seed``."""
+    return f"{seed:04d}_{index:08d}"
+
+
 def render_sample(
     seed: int,
     index: int,
@@ -234,6 +239,6 @@ def render_sample(
     """Sample ``index`` of the dataset with ``seed``: deterministic in its arguments."""
     scene = sample_scene(seed, index, list(hdris or []), lighting)
     out = render_scene(scene, size)
-    out.key = f"{seed:04d}_{index:08d}"
+    out.key = sample_key(seed, index)
     out.meta.update({"seed": seed, "index": index})
     return out

@@ -4,10 +4,17 @@ Sample ``i`` is drawn from a generator seeded with ``(seed, i)`` and rendered wi
 thread, so the images do not depend on the number of workers; the main process writes the
 samples in index order with ``shards.ShardWriter`` (atomic shards, no time stamps), so the
 same arguments give byte-identical shards.
+
+The arguments are recorded in ``OUT/synth.json``; rerun with the same arguments, an
+interrupted synth keeps its complete shards (each checked against the keys it must hold) and
+renders from the first missing or incomplete one, as an interrupted encode resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import multiprocessing as mp
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,15 +22,19 @@ from typing import Any
 
 import torch
 
-from delit_cache.data.pack import ensure_no_shards
-from delit_cache.data.shards import ShardWriter, encode_sample
-from delit_cache.synth.compose import render_sample
+from delit_cache import __version__
+from delit_cache.data.shards import REQUIRED_FIELDS, SHARD_PATTERN, ShardWriter, encode_sample
+from delit_cache.data.tarscan import scan_shard
+from delit_cache.synth.compose import render_sample, sample_key
 from delit_cache.synth.environments import INDOOR_LAYOUTS, LightingOptions, list_hdris, load_hdri
-from delit_cache.utils.atomic import check_output_dir
+from delit_cache.utils.atomic import check_output_dir, write_json
 from delit_cache.utils.errors import DelitError
-from delit_cache.utils.logs import progress_bar
+from delit_cache.utils.logs import get_logger, progress_bar
+
+log = get_logger(__name__)
 
 MIN_SIZE = 32
+MANIFEST = "synth.json"  # the arguments of the run that writes a folder (to resume it)
 
 
 def encode_synth(
@@ -48,9 +59,14 @@ def _job(args: tuple[int, int, int, list[Path], LightingOptions]) -> dict[str, A
 
 
 def _samples(
-    seed: int, n: int, size: int, hdris: list[Path], lighting: LightingOptions, workers: int
+    seed: int,
+    indices: range,
+    size: int,
+    hdris: list[Path],
+    lighting: LightingOptions,
+    workers: int,
 ) -> Iterator[dict[str, Any]]:
-    jobs = [(seed, i, size, hdris, lighting) for i in range(n)]
+    jobs = [(seed, i, size, hdris, lighting) for i in indices]
     if workers <= 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -139,11 +155,48 @@ def synth(
         indoor_layout=indoor_layout,
     )
     out = check_output_dir(out)  # a file in the way is "Not a directory", before any work
-    ensure_no_shards(out)
-    bar = progress_bar(total=n, desc="synth", unit="sample", enabled=progress)
-    with ShardWriter(out, shard_size=shard_size) as writer:
-        for sample in _samples(seed, n, size, files, lighting, workers):
+    manifest = {"n": n, "size": size, "seed": seed, "shard_size": shard_size}
+    manifest.update(hdris=[str(f) for f in files], **dataclasses.asdict(lighting))
+    manifest["delit_version"] = __version__
+    first = _resume_shard(out, manifest)
+    write_json(out / MANIFEST, manifest)
+    indices = range(first * shard_size, n)
+    bar = progress_bar(total=len(indices), desc="synth", unit="sample", enabled=progress)
+    with ShardWriter(out, shard_size=shard_size, start_shard=first) as writer:
+        for sample in _samples(seed, indices, size, files, lighting, workers):
             writer.write(sample)
             bar.update(1)
     bar.close()
-    return writer.written
+    return [out / SHARD_PATTERN.format(s) for s in range(math.ceil(n / shard_size))]
+
+
+def _resume_shard(out: Path, manifest: dict) -> int:
+    """The first shard to write into ``out``: 0 when it holds no shards; else, when an earlier
+    run with the same ``manifest`` left them, the first that is missing or incomplete;
+    ``DelitError`` for shards of another run."""
+    if not any(out.glob("shard-*.tar")):
+        return 0
+    try:
+        saved = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        saved = None
+    if saved != manifest:
+        raise DelitError(
+            f"{out}: already holds shard-*.tar files of another synth run (rerun with the same "
+            "arguments to resume it); choose an empty folder"
+        )
+    n, size, seed = manifest["n"], manifest["shard_size"], manifest["seed"]
+    for shard in range(math.ceil(n / size)):
+        keys = [sample_key(seed, i) for i in range(shard * size, min(n, (shard + 1) * size))]
+        if not _holds_exactly(out / SHARD_PATTERN.format(shard), keys):
+            log.info("%s: resuming at shard %d (the shards before it are complete)", out, shard)
+            return shard
+    return math.ceil(n / size)
+
+
+def _holds_exactly(shard: Path, keys: list[str]) -> bool:
+    """Whether ``shard`` is an undamaged tar of the samples ``keys``, in that order."""
+    if not shard.is_file():
+        return False
+    scan = scan_shard(shard, REQUIRED_FIELDS)
+    return not scan.damage and scan.keys == keys

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.models.pretrained import HEADS_FILENAME, heads_metadata, load_heads, save_heads
+from delit_cache.infer.heads_checks import checked_heads, require_same_training
+from delit_cache.models.pretrained import HEADS_FILENAME, heads_weights_path, save_heads
 from delit_cache.train import state as trainstate
 from delit_cache.utils.atomic import atomic_dir, check_output_dir
 from delit_cache.utils.errors import DelitError
@@ -76,10 +77,21 @@ def average_heads(paths: list[Path]) -> dict[str, torch.Tensor]:
     return mean_state(first, ((p, trainstate.load_checkpoint(p)["heads"]) for p in paths[1:]))
 
 
-def blend_heads(state: dict[str, torch.Tensor], other: Path) -> dict[str, torch.Tensor]:
-    """``state`` and the heads at ``other`` averaged half and half (``mean_state``);
-    ``DelitError`` naming ``other`` when its weights do not match."""
-    return mean_state(("the run's", state), [(other, load_heads(other).state_dict())])
+def blend_heads(
+    state: dict[str, torch.Tensor], other: Path, other_state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` and ``other_state`` (the heads at ``other``) averaged half and half
+    (``mean_state``); ``DelitError`` naming ``other`` when its weights do not match."""
+    return mean_state(("the run's", state), [(other, other_state)])
+
+
+def blend_partner(blend: Path, facts: dict) -> dict[str, torch.Tensor]:
+    """The weights of the heads at ``blend``, which must have been trained like the run of
+    ``facts`` (same VAE and size: ``require_same_training``)."""
+    other, other_facts = checked_heads(heads_weights_path(blend))
+    fingerprint, size = facts["vae_fingerprint"], facts["image_size"]
+    require_same_training(f"--blend {blend}", other_facts, fingerprint, size)
+    return other.state_dict()
 
 
 def write_averaged_run(
@@ -99,17 +111,18 @@ def write_averaged_run(
         raise DelitError(f"{out}: exists already (pass a new --out)")
     check_output_dir(out.parent)
     paths = step_checkpoints(run, steps, last)
-    heads = load_heads(final)
+    heads, facts = checked_heads(final)
+    partner = blend_partner(Path(blend), facts) if blend is not None else None
     try:
         heads.load_state_dict(average_heads(paths), strict=True)
     except RuntimeError as exc:
         raise DelitError(f"{paths[0]}: does not match {final} ({exc})") from None
-    extra = heads_metadata(final)
+    extra = dict(facts["extra"])
     extra["averaged_steps"] = [trainstate.checkpoint_step(p) for p in paths]
     extra["averaged_from"] = str(run.resolve())
-    if blend is not None:
+    if partner is not None:
         blend = Path(blend)
-        heads.load_state_dict(blend_heads(heads.state_dict(), blend), strict=True)
+        heads.load_state_dict(blend_heads(heads.state_dict(), blend, partner), strict=True)
         extra["blended_with"] = str(blend.resolve())
     with atomic_dir(out) as tmp:
         save_heads(heads, tmp / HEADS_FILENAME, extra)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from delit_cache.models import DelitHeads
 from delit_cache.models.config import DelitConfig
 from delit_cache.utils.errors import DelitError
 from delit_cache.utils.fields import field_type_problem
@@ -67,6 +69,9 @@ class TrainConfig:
     light_sharpness: float = 4.0  # the prediction's light is a softmax of this x log luminance
     sphere_size: int = 32  # side in pixels of the spheres rendered for the loss
     sphere_env_size: tuple[int, int] = (32, 64)  # env maps are area-resampled to this to render
+    # parameter-name prefixes to train, the rest held fixed (empty: train all), e.g.
+    # ["env_decoder.light_head"] to fit a new light head on top of trained heads
+    train_only: tuple[str, ...] = ()
     init_from: str = ""  # start from these heads (file, run folder or "demo"; "" = seeded init)
     max_samples: int = 0  # use only the first N training samples (0 = all; learning curves)
     val_fraction: float = 0.05  # share of samples (by key hash) held out for validation
@@ -90,6 +95,7 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         data["sphere_env_size"] = list(self.sphere_env_size)
+        data["train_only"] = list(self.train_only)
         return data
 
     def validate(self, where: str = "config") -> None:
@@ -123,11 +129,75 @@ class TrainConfig:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.keep_last < 1 or self.ckpt_every < 1:
             problems.append("keep_last and ckpt_every must be >= 1")
+        problems += _range_problems(self)
         if problems:
             raise DelitError(f"{where}: {problems[0]}")
         heads = self.heads_config()
+        problem = _model_problem(heads)
+        if problem:
+            raise DelitError(f"{where}: model: {problem}")
         if self.light_head_weight > 0 and not heads.light_head:
             raise DelitError(f"{where}: light_head_weight needs model.light_head: true")
+
+
+# settings that are counts or amounts, where a negative number means nothing
+NON_NEGATIVE = ("grad_clip", "warmup_steps", "max_samples", "val_every", "val_batches")
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """Settings outside the range a run can use: negative loss weights, counts and grad_clip,
+    a cosine floor outside [0, 1], sizes and intervals below 1."""
+    names = [f.name for f in dataclasses.fields(cfg) if f.name.endswith("_weight")]
+    problems = [
+        f"{name} must be >= 0, got {getattr(cfg, name)}"
+        for name in (*names, *NON_NEGATIVE)
+        if getattr(cfg, name) < 0
+    ]
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        problems.append(f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if not cfg.light_sharpness > 0:
+        problems.append(f"light_sharpness must be > 0, got {cfg.light_sharpness}")
+    for name in ("log_every", "sphere_size"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if min(cfg.sphere_env_size) < 1:
+        problems.append(f"sphere_env_size must be >= 1, got {list(cfg.sphere_env_size)}")
+    return problems
+
+
+def _model_problem(heads: DelitConfig) -> str | None:
+    """Why heads of this architecture cannot be built (None when they can): built on the
+    meta device, which checks the layers' shapes without allocating them."""
+    if heads.env_dim % heads.env_heads:
+        return f"env_dim {heads.env_dim} must be a multiple of env_heads {heads.env_heads}"
+    try:
+        with torch.device("meta"):
+            DelitHeads(heads)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+MERGE = "tag:yaml.org,2002:merge"  # the tag of a ``<<`` merge key
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the safe loader
+    keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE:
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -152,7 +222,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig
     if problem:
         raise DelitError(f"{where}: {problem}")
     data = dict(data)
-    for name in ("betas", "sphere_env_size"):
+    for name in ("betas", "sphere_env_size", "train_only"):
         if name in data:
             data[name] = tuple(data[name])
     if data.get("model") is None:
@@ -170,7 +240,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         file = resolve_config_path(path)
         where = str(file)
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
+            loaded = yaml.load(file.read_text(), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise DelitError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
         except UnicodeDecodeError:

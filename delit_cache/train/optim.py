@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from delit_cache.train.config import TrainConfig
+from delit_cache.utils.errors import DelitError
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -25,10 +26,28 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
+def hold_fixed_except(heads: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Turn off gradients of every parameter outside ``prefixes`` (module paths such as
+    ``env_decoder.light_head``; empty: train everything). ``DelitError`` for a prefix that
+    names no parameter."""
+    if not prefixes:
+        return
+    names = [name for name, _ in heads.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise DelitError(f"train_only: {prefix!r} names no parameter of these heads")
+    for name, p in heads.named_parameters():
+        p.requires_grad_(any(name == q or name.startswith(q + ".") for q in prefixes))
+
+
 def make_optimizer(heads: nn.Module, cfg: TrainConfig, total_steps: int):
-    """AdamW (no weight decay on norms/biases/embeddings) and its LambdaLR scheduler."""
+    """AdamW (no weight decay on norms/biases/embeddings) over the parameters that train
+    (``cfg.train_only``; the others get no gradients), and its LambdaLR scheduler."""
+    hold_fixed_except(heads, cfg.train_only)
     decay, no_decay = [], []
     for name, p in heads.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim < 2 or name.endswith(("queries", "token_pos")) else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},

@@ -72,17 +72,13 @@ def heads_to_fine_tune(cfg: TrainConfig, fingerprint: str | None) -> DelitHeads:
     ``DelitError`` when they cannot be, or were trained on latents of a VAE other than the
     one of ``fingerprint`` (None: not known, not checked)."""
     from delit_cache.infer.delighter import resolve_checkpoint
+    from delit_cache.infer.heads_checks import require_same_training
 
     heads, _, info = resolve_checkpoint(cfg.init_from)
     wanted = cfg.heads_config()
     if heads.config != wanted:
         heads = _grown(heads, wanted, cfg.init_from, cfg.seed)
-    theirs = info.get("vae_fingerprint")
-    if theirs and fingerprint and theirs != fingerprint:
-        raise DelitError(
-            f"init_from {cfg.init_from}: trained on latents of another VAE "
-            f"(fingerprint {theirs}, this one's {fingerprint})"
-        )
+    require_same_training(f"init_from {cfg.init_from}", info, fingerprint)
     return heads
 
 
@@ -194,6 +190,11 @@ class Trainer:
         with self._autocast():
             out = self.model(batch["relit_latent"])
         losses = compute_losses(out, batch, self.cfg, self.heads.latent_std)
+        if not losses["total"].requires_grad:
+            raise DelitError(
+                f"train_only {list(self.cfg.train_only)}: no loss term with a weight above 0 "
+                "reaches those parameters"
+            )
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.cfg.grad_clip > 0:

@@ -13,8 +13,10 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from delit_cache.utils.errors import DelitError
 
 
 def _new_file_mode(path: Path) -> int:
@@ -71,15 +73,46 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
-def check_output_file(path: str | Path) -> Path:
+def check_output_file(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
     """Refuse (``OSError`` naming it) an output file that is a folder or lies under a file,
     without creating anything: commands call it before their work, so a bad path fails
-    first and a failed run leaves no empty folder behind."""
+    first and a failed run leaves no empty folder behind. With ``suffixes`` (the formats
+    the command writes), another extension is a ``DelitError``."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise DelitError(
+            f"{path}: this output is written as {' or '.join(suffixes)}; use that extension"
+        )
     check_output_dir(path.parent)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     return path
+
+
+def _is_or_under(path: Path, other: Path) -> tuple[bool, bool]:
+    """(``path`` is ``other``, ``path`` lies inside ``other``), by any spelling or link."""
+    if path.exists() and other.exists() and os.path.samefile(path, other):
+        return True, False
+    p, o = path.resolve(), other.resolve()
+    return p == o, o in p.parents
+
+
+def check_not_input(
+    out: str | Path, inputs: Iterable[str | Path], inside: bool = False, what: str = "output"
+) -> Path:
+    """Refuse (``DelitError`` naming both paths) an output that is one of ``inputs`` (any
+    spelling, symlink or hard link) or, with ``inside``, lies inside one of them: commands
+    call it before their work, so an output never overwrites or lands in what they read."""
+    out = Path(out)
+    for item in map(Path, inputs):
+        same, under = _is_or_under(out, item)
+        if same:
+            raise DelitError(f"{out}: this {what} is the input {item}; choose another path")
+        if under and inside:
+            raise DelitError(
+                f"{out}: this {what} lies inside the input {item}; choose a path outside it"
+            )
+    return out
 
 
 @contextlib.contextmanager
@@ -125,8 +158,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, data: object) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically; return the path."""
+    """Write ``data`` as indented JSON to ``path`` atomically; return the path. NaN and
+    Infinity are not JSON: a value that holds one raises ``ValueError`` (write None)."""
     path = Path(path)
+    text = json.dumps(data, indent=2, allow_nan=False)  # before the file is made
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
     return path

@@ -27,6 +27,8 @@ def _fits(hint: Any, value: Any) -> bool:
         return isinstance(value, str)
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            return isinstance(value, (list, tuple)) and all(_fits(args[0], v) for v in value)
         return (
             isinstance(value, (list, tuple))
             and len(value) == len(args)
@@ -45,7 +47,11 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin is tuple:
-        return f"a list of {len(typing.get_args(hint))} values"
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+            return f"a list of {plural.get(args[0], 'values')}"
+        return f"a list of {len(args)} values"
     if origin is dict or hint is dict:
         return "a mapping"
     return names.get(hint, str(hint))
