@@ -41,7 +41,7 @@ from delit_cache.models.heads import create_heads
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import compute_losses, loss_targets
 from delit_cache.train.optim import make_optimizer
-from delit_cache.utils.machine import device_name, synchronize
+from delit_cache.utils.machine import device_name, synchronize, table_lines
 
 
 def bench_one(
@@ -181,11 +181,8 @@ def table(device: torch.device, rows: list[dict]) -> str:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {load}",
         f"command: python {' '.join(sys.argv)}",
         "",
-        "| " + " | ".join(name for name, _ in COLUMNS) + " |",
-        "|" + " --- |" * len(COLUMNS),
+        *table_lines(COLUMNS, rows),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[name]) for name, fmt in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from delit_cache.evaluate.evaluate import evaluate
 from delit_cache.evaluate.results import result_value
 from delit_cache.infer.delighter import load_vae_and_model
 from delit_cache.lighting.envcode import decode_env
-from delit_cache.lighting.envmap import mirror_env
+from delit_cache.lighting.envmap import mirror_direction, mirror_env
 from delit_cache.models.heads import steered
 from delit_cache.utils.atomic import check_output_file
 from delit_cache.utils.errors import DelitError
@@ -114,9 +114,8 @@ def infer_views(model, images: torch.Tensor, name: str, shift: int = 4) -> dict:
     maps = decode_env(out["env_code"].float().clamp(0.0, 1.0)).split(n)
     env = sum(mirror_env(e) if v[0] else e for e, v in zip(maps, views, strict=True)) / len(views)
     if "light_dir" in out:  # as infer: the views' light directions, mirrored back, averaged
-        back = torch.tensor([-1.0, 1.0, 1.0])
         dirs = out["light_dir"].float().split(n)
-        light = sum(d * back if v[0] else d for d, v in zip(dirs, views, strict=True))
+        light = sum(mirror_direction(d) if v[0] else d for d, v in zip(dirs, views, strict=True))
         env = steered(env, F.normalize(light, dim=1))
     latents = out["flat_latent"].split(n)
     if name == "mirror-latent-mean":

@@ -7,7 +7,7 @@
 # train_plain.zarr and train_fresh.zarr: 4000 more new faces each, made the same way;
 # train_pm.zarr and train_pm14.zarr: 4000 more each lit by a pool of 20 real HDRIs;
 # train_pm15.zarr: 8000 more lit the same way; train_pm17.zarr and train_pm21.zarr: 4000
-# more each), then seventeen training stages,
+# more each), then eighteen training stages,
 # each from the one before:
 #   1. configs/demo-heads.yaml from scratch (3000 steps);
 #   2. configs/demo-heads-finetune.yaml (500 steps, detail weight 6.0);
@@ -29,7 +29,9 @@
 #      (delit average-heads --last 4 --blend);
 #  17. configs/demo-heads-light-head.yaml for 600 steps on train_pm21.zarr: a light head
 #      added and trained alone (every other weight held), its last four checkpoints averaged;
-#      the packaged mean env map stays stage 16's (its training data's).
+#  18. configs/demo-heads-light-head-more.yaml for 1200 steps on train_pm17.zarr: the light
+#      head alone again (its inputs computed once, in float32), last four checkpoints
+#      averaged; the packaged mean env map stays stage 16's (its training data's).
 # What each stage did on the leave-HDRI-out set: benchmarks/results/cpu-leave-hdri-out.md.
 # Usage: scripts/train_demo_heads.sh WORKDIR (WORKDIR may already hold the data; the recipe
 # skips what exists and resumes the cache).
@@ -73,6 +75,9 @@ delit train-heads --cache "$work/train_pm17.zarr" --out "$work/stage16" \
 delit average-heads "$work/stage16" --out "$work/stage16_avg" --last 4 --blend "$work/stage15_avg"
 delit train-heads --cache "$work/train_pm21.zarr" --out "$work/stage17" \
     --config "$here/configs/demo-heads-light-head.yaml" --init-from "$work/stage16_avg"
-delit average-heads "$work/stage17" --out "$work/final" --last 4
+delit average-heads "$work/stage17" --out "$work/stage17_avg" --last 4
+delit train-heads --cache "$work/train_pm17.zarr" --out "$work/stage18" \
+    --config "$here/configs/demo-heads-light-head-more.yaml" --init-from "$work/stage17_avg"
+delit average-heads "$work/stage18" --out "$work/final" --last 4
 cp "$work/final/heads.safetensors" "$here/delit_cache/assets/demo_heads.safetensors"
 cp "$work/stage16_avg/mean_env.exr" "$here/delit_cache/assets/demo_mean_env.exr"

@@ -496,3 +496,18 @@ def test_colour_split_separates_a_colour_cast_from_a_layout_error():
     assert torch.allclose(torch.tensor(cast["gain"]).prod(), torch.tensor(1.0), atol=1e-5)
     turned = split_row(sky.roll(16, dims=-1), sky)
     assert turned["own"] > 0.5 * turned["scored"] > 0.1
+
+
+def test_light_head_step_table(tmp_path):
+    out = tmp_path / "light.md"
+    script = "benchmarks/bench_light_head.py"
+    args = ["--device", "cpu", "--batch-size", "2", "--latent-size", "8", "--steps", "1"]
+    text = _run([sys.executable, script, *args, "--out", str(out)])
+    assert text == out.read_text()
+    _header_ok(text)
+    rows = _table(text)
+    assert [r["path"] for r in rows] == ["plain", "fast"]
+    for row in rows:
+        _positive(row["ms_per_step"])
+        _positive(row["samples_s"])
+    _positive(rows[1]["inputs_ms_per_sample"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from delit_cache.models import DelitConfig, DelitHeads, create_heads
 from delit_cache.models.pretrained import heads_metadata, load_heads, save_heads
@@ -27,6 +27,15 @@ def test_round_trip_rebuilds_identical_outputs(tmp_path):
     assert torch.equal(a["flat_latent"], b["flat_latent"])
     assert torch.equal(a["env_code"], b["env_code"])
     assert heads_metadata(path) == {"step": 7}
+
+
+@pytest.mark.parametrize("extra", ["[1, 2]", "null", "{not json"])
+def test_heads_metadata_refuses_extra_that_is_not_a_json_object(extra, tmp_path):
+    path = save_heads(create_heads(SMALL, seed=0), tmp_path / "h.safetensors")
+    state = load_file(str(path))
+    save_file(state, str(path), metadata={"format": "delit-heads", "extra": extra})
+    with pytest.raises(DelitError, match=f"{path}: metadata 'extra' "):
+        heads_metadata(path)
 
 
 def test_run_folder_resolves_to_heads_file(tmp_path):

@@ -340,3 +340,21 @@ def test_heads_with_a_light_head_move_the_maps_light_to_its_direction(tiny_vae):
     flipped = model.infer(images, flip_average=True)
     torch.testing.assert_close(flipped["light_dir"], torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3))
     assert torch.isfinite(flipped["env"]).all() and flipped["env"].shape == (2, 3, 128, 256)
+
+
+def test_light_inputs_give_the_light_head_what_forward_gives_it():
+    """A run that trains the light head alone reads ``light_inputs`` once per sample: the
+    head's ``read`` of them must be ``forward``'s direction."""
+    import dataclasses
+
+    heads = create_heads(dataclasses.replace(SMALL, light_head=True), seed=0).eval()
+    with torch.no_grad():
+        heads.env_decoder.light_head.out[-1].weight.normal_(0, 0.5)
+    latent = torch.randn(3, 16, 12, 12)
+    inputs = heads.light_inputs(latent)
+    assert set(inputs) == {"light_pooled", "light_map"} and not inputs["light_map"].requires_grad
+    with torch.no_grad():
+        direction = heads(latent)["light_dir"]
+    read = heads.env_decoder.light_head.read(inputs["light_pooled"], inputs["light_map"])
+    torch.testing.assert_close(read, direction)
+    assert not torch.allclose(read[0], read[1])

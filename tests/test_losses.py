@@ -96,12 +96,13 @@ def test_cache_data_loads_in_chunks_and_says_what_it_holds(tmp_path, monkeypatch
     cfg = _cfg(env_nrmse_weight=0.5)
     fn = lambda env: loss_targets(env, cfg)  # noqa: E731
     idx = np.arange(7)
-    whole = batches._read(cache, idx, fn, keep_env=False)
-    chunked = batches._load(cache, idx, fn, keep_env=False, chunk=3)
+    derived = batches.Derived(fn, keep_env=False)
+    whole = batches._read(cache, idx, derived)
+    chunked = batches._load(cache, idx, derived, chunk=3)
     assert set(chunked) == set(whole) >= {"env_code", "env_nrmse_view", "spheres"}
     for name in whole:
         torch.testing.assert_close(chunked[name], whole[name])  # BLAS sums per batch size
-    empty = batches._load(cache, idx[:0], fn, keep_env=False)  # an empty validation split
+    empty = batches._load(cache, idx[:0], derived)  # an empty validation split
     assert all(len(t) == 0 for t in empty.values())
     held = sum(t.numel() * t.element_size() for t in chunked.values())
     assert batches.in_memory_bytes(cache, 7, fn, keep_env=False) == held

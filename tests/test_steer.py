@@ -75,3 +75,26 @@ def test_bad_shapes_raise():
         move_brightest_light(torch.ones(2, 3, 8, 16), torch.ones(1, 3))
     with pytest.raises(ValueError, match="env"):
         move_brightest_light(torch.ones(3, 8, 16), torch.ones(1, 3))
+
+
+def test_a_light_left_dimmer_than_another_is_scaled_up_until_it_is_the_brightest():
+    """A sun on a glow (which partly stays behind) moved into the dark, beside a second sun
+    almost as bright: unscaled, the second sun stays the brightest spot; the boost makes the
+    moved light the brightest at a small cost in energy, and never beyond ``max_boost``."""
+    sun, other, goal = _direction(30, 40), _direction(20, -120), _direction(-10, 150)[None]
+    grid = direction_grid(64, 128)
+
+    def lobe(d, deg):
+        return torch.exp(
+            (torch.einsum("chw,c->hw", grid, d) - 1) / (1 - math.cos(math.radians(deg)))
+        )
+
+    env = (_sun_map(sun) + 5 * lobe(sun, 20) + 36 * lobe(other, 6))[None]
+    assert angle_between_deg(brightest_direction(env), sun[None]).item() < 1.0
+    plain = move_brightest_light(env, goal, max_boost=1.0)
+    assert angle_between_deg(brightest_direction(plain), goal).item() > 60
+    boosted = move_brightest_light(env, goal)
+    assert angle_between_deg(brightest_direction(boosted), goal).item() < 2.0
+    gain = _energy(boosted) / _energy(env)
+    assert (gain > 1.005).all() and (gain < 1.05).all(), gain
+    assert _energy(move_brightest_light(env, goal, max_boost=1.01)).sum() < _energy(boosted).sum()

@@ -292,10 +292,14 @@ def test_init_from_grows_heads_that_start_where_they_were(tmp_path, cache_path):
         initial_heads(shrunk, cache, [0])
 
 
-def test_train_only_fits_a_new_light_head_and_holds_the_rest_fixed(tmp_path, cache_path, capsys):
-    """train_only: the named part trains, every other tensor comes back bit for bit; a
-    prefix naming nothing, and a run whose weighted terms cannot reach the part, are refused
-    with one line."""
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_train_only_fits_a_new_light_head_and_holds_the_rest_fixed(
+    in_memory, tmp_path, cache_path, capsys
+):
+    """train_only: the named part trains, every other tensor comes back bit for bit (the light
+    head's inputs computed once at load, or per batch when the data stays on disk); a prefix
+    naming nothing, and a run whose weighted terms cannot reach the part, are refused with one
+    line."""
     from cli.app import main
 
     config = write_config(tmp_path / "c.yaml", val_fraction=0.0, val_every=0)
@@ -304,7 +308,7 @@ def test_train_only_fits_a_new_light_head_and_holds_the_rest_fixed(tmp_path, cac
     assert main([*args, "--config", config, "--out", str(first), "--steps", "2"]) == 0
     model = {**load_config(config).model, "light_head": True}
     only = dict(val_fraction=0.0, val_every=0, model=model, train_only=["env_decoder.light_head"])
-    light = write_config(tmp_path / "l.yaml", light_head_weight=1.0, **only)
+    light = write_config(tmp_path / "l.yaml", light_head_weight=1.0, in_memory=in_memory, **only)
     run = tmp_path / "light"
     steps = ["--steps", "3", "--init-from", str(first)]
     assert main([*args, "--config", light, "--out", str(run), *steps]) == 0
@@ -333,3 +337,23 @@ def test_train_only_must_be_a_list_of_names():
 def test_light_head_loss_needs_a_light_head():
     with pytest.raises(DelitError, match=r"light_head_weight needs model\.light_head"):
         load_config("tiny", {"light_head_weight": 1.0})
+
+
+@pytest.mark.parametrize(
+    "train_only, world_size, alone",
+    [
+        (["env_decoder.light_head"], 1, True),
+        (["env_decoder.light_head.out"], 1, True),
+        (["env_decoder.light_head", "env_decoder.head"], 1, False),
+        (["env_decoder"], 1, False),
+        ([], 1, False),
+        (["env_decoder.light_head"], 2, False),  # DDP syncs the whole heads' gradients
+    ],
+)
+def test_the_light_head_alone_reads_inputs_computed_once(train_only, world_size, alone):
+    from delit_cache.train.distributed import DistInfo
+    from delit_cache.train.trainer import trains_light_head_alone
+
+    cfg = load_config("tiny", {"train_only": train_only})
+    info = DistInfo(rank=0, world_size=world_size, local_rank=0)
+    assert trains_light_head_alone(cfg, info) is alone

@@ -25,7 +25,7 @@ from delit_cache.models import (
     PortraitTransform,
     create_model_and_transforms,
 )
-from delit_cache.models.pretrained import heads_weights_path
+from delit_cache.models.pretrained import heads_facts, heads_weights_path, load_heads
 from delit_cache.utils.atomic import writable_dir
 from delit_cache.utils.device import resolve_device, resolve_dtype
 from delit_cache.utils.errors import DelitError
@@ -80,13 +80,11 @@ def resolve_checkpoint(spec: str | Path) -> tuple[DelitHeads, torch.Tensor | Non
     (the training metadata), ``image_size`` (int or None) and ``vae_fingerprint`` (or None).
     Raises ``DelitError`` for a missing or unusable checkpoint (VAE weights, garbage, ...).
     """
-    from delit_cache.infer.heads_checks import checked_heads
-
     # the HDR reader pulls in OpenEXR
     from delit_cache.lighting.envmap import load_env, require_light
 
     heads_path, env_path = _checkpoint_files(spec)
-    heads, facts = checked_heads(heads_path)
+    heads, facts = load_heads(heads_path), heads_facts(heads_path)
     mean_env = require_light(load_env(env_path), env_path) if env_path is not None else None
     info = {
         "checkpoint": str(heads_path),

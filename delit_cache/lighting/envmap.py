@@ -171,6 +171,11 @@ def mirror_env(env: torch.Tensor) -> torch.Tensor:
     return torch.flip(env, dims=[-1])
 
 
+def mirror_direction(direction: torch.Tensor) -> torch.Tensor:
+    """Directions ``[...,3]`` mirrored left-right as ``mirror_env`` mirrors a map: x -> -x."""
+    return direction * direction.new_tensor([-1.0, 1.0, 1.0])
+
+
 def tilt_env(env: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotate the lighting by ``degrees`` about the camera's right axis (+x).
 

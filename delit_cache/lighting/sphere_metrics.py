@@ -87,7 +87,7 @@ def nrmse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None
     return ((p - g) ** 2).mean(dim=(1, 2)).sqrt()
 
 
-def _blur_lum(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def blurred_luminance(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(blurred, raw) luminance ``[B,h,w]``; the blur: a 5-tap binomial twice, wrapping in u."""
     lum = (env * torch.tensor(LUMA, device=env.device)[:, None, None]).sum(1)
     k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=env.device) / 16.0
@@ -110,7 +110,7 @@ def brightest_direction(env: torch.Tensor) -> torch.Tensor:
     x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)  # no overflow near 3e38
     x = resample_env(x, ENV_SIZE)
     h, w = x.shape[-2:]
-    blurred, lum = _blur_lum(x)
+    blurred, lum = blurred_luminance(x)
     dirs = direction_grid(h, w, device=x.device).flatten(1)  # [3,P]
     peak = dirs[:, blurred.flatten(1).argmax(1)].T  # [B,3]
     near = (peak @ dirs) >= math.cos(math.radians(LIGHT_CONE_DEG))  # [B,P]

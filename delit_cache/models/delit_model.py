@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from delit_cache.lighting.envcode import decode_env
-from delit_cache.lighting.envmap import mirror_env
+from delit_cache.lighting.envmap import mirror_direction, mirror_env
 from delit_cache.models.config import DEFAULT_CONFIG, DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads, steered
 from delit_cache.models.transform import PortraitTransform
@@ -74,8 +74,8 @@ class DelitModel(nn.Module):
         if flip_average:
             flat = 0.5 * (flat[:n] + flat[n:].flip(-1))
             env = 0.5 * (env[:n] + mirror_env(env[n:]))
-            if light is not None:  # the mirror pass's direction mirrored back: x -> -x
-                light = F.normalize(light[:n] + light[n:] * light.new_tensor([-1, 1, 1]), dim=1)
+            if light is not None:  # the mirror pass's direction mirrored back
+                light = F.normalize(light[:n] + mirror_direction(light[n:]), dim=1)
         result = {
             "flat": flat,
             "env": steered(env, light),

@@ -129,6 +129,19 @@ class EnvDecoder(nn.Module):
 
     def forward(self, env_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """``env_code`` ``[B,4,H,W]``; with a light head also ``light_dir`` ``[B,3]``."""
+        pooled, code = self.decode(env_features)
+        if self.light_head is None:
+            return {"env_code": code}
+        return {"env_code": code, "light_dir": self.light_head(pooled, code)}
+
+    def light_inputs(self, env_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the light head reads: ``light_pooled`` (the pooled image features) and
+        ``light_map`` (``LightHead.map_input`` of the decoded map)."""
+        pooled, code = self.decode(env_features)
+        return {"light_pooled": pooled, "light_map": LightHead.map_input(code)}
+
+    def decode(self, env_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled image features ``[B,width,grid,grid]``, env encoding ``[B,4,H,W]``)."""
         pooled = self.encoder(env_features)  # [B, width, grid, grid]
         tokens = rearrange(pooled, "b c h w -> b (h w) c")
         mean_token = tokens.mean(dim=1, keepdim=True)
@@ -144,7 +157,4 @@ class EnvDecoder(nn.Module):
         coarse = coarse + self.global_map(mean_token[:, 0]).view(-1, 4, rows, cols)
         detail = self.head(self.up(pano))
         coarse = pano_upsample(coarse, detail.shape[-2:])
-        code = 0.5 + OUTPUT_GAIN * (coarse + detail)
-        if self.light_head is None:
-            return {"env_code": code}
-        return {"env_code": code, "light_dir": self.light_head(pooled, code)}
+        return pooled, 0.5 + OUTPUT_GAIN * (coarse + detail)

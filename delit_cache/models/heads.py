@@ -60,6 +60,13 @@ class DelitHeads(nn.Module):
             **self.env_decoder(self.env_proj(features)),
         }
 
+    @torch.no_grad()
+    def light_inputs(self, relit_latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the light head reads (``EnvDecoder.light_inputs``), from parts it does not
+        train: ``env_decoder.light_head.read`` of them is ``forward``'s ``light_dir``."""
+        z, _, _ = self._standardise(relit_latent)
+        return self.env_decoder.light_inputs(self.env_proj(self.features(z)))
+
     def flat_latent(self, relit_latent: torch.Tensor) -> torch.Tensor:
         """The flat path alone (no env decoding): ``forward(x)["flat_latent"]``, cheaper."""
         z, mean, std = self._standardise(relit_latent)

@@ -44,7 +44,16 @@ class LightHead(nn.Module):
             self.out[-1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
 
     def forward(self, pooled: torch.Tensor, env_code: torch.Tensor) -> torch.Tensor:
+        return self.read(pooled, self.map_input(env_code).to(pooled.dtype))
+
+    @staticmethod
+    def map_input(env_code: torch.Tensor) -> torch.Tensor:
+        """The decoder's map as the head reads it: ``[B,3,16,32]`` log radiance, detached."""
         env = decode_env(env_code.detach().float().clamp(0.0, 1.0))
-        small = torch.log1p(resample_env(env, MAP_SIZE)).to(pooled.dtype)
-        x = torch.cat([self.features(pooled).flatten(1), small.flatten(1)], dim=1)
+        return torch.log1p(resample_env(env, MAP_SIZE))
+
+    def read(self, pooled: torch.Tensor, small_map: torch.Tensor) -> torch.Tensor:
+        """The direction from pooled features and ``map_input``'s map (both computed by parts
+        the head does not train: a run that trains the head alone computes them once)."""
+        x = torch.cat([self.features(pooled).flatten(1), small_map.flatten(1)], dim=1)
         return F.normalize(self.out(x).float(), dim=1, eps=1e-6)

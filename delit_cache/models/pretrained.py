@@ -7,7 +7,10 @@ Three forms load (``load_heads``, ``DelitHeads.from_pretrained``):
 - a single ``.safetensors`` file whose metadata carries the same (``save_heads``);
 - a run folder of ``delit train-heads`` (its ``heads.safetensors``).
 
-The frozen VAE is never written: a file that holds VAE weights is refused on load.
+The frozen VAE is never written: a file that holds VAE weights is refused on load, and so is
+one whose weights are not floats or finite, whose latent std is not positive, or whose training
+facts (``extra``: ``heads_metadata``, ``heads_facts``) are not a JSON object with a usable
+``image_size``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ CONFIG_NAME = "config.json"  # save_pretrained folder: config ...
 WEIGHTS_NAME = "model.safetensors"  # ... and weights
 # Key fragments that mark Wan VAE weights (the original layout, bare or under a prefix).
 _VAE_MARKERS = ("encoder.conv1.", "decoder.conv1.", "decoder.middle.", "encoder.downsamples.")
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # the safetensors dtypes heads weights may have
 
 
 def save_heads(heads: DelitHeads, path: str | Path, extra: dict | None = None) -> Path:
@@ -108,15 +112,24 @@ def _heads_config(path: Path, metadata: dict[str, str], folder_config: dict | No
 
 
 def read_heads_file(path: Path) -> tuple[dict, dict[str, str]]:
-    """Tensors and metadata of a heads file, with one-line errors for bad files."""
+    """Tensors and metadata of a heads file, with one-line errors for bad files (unreadable,
+    weights not stored as floats, NaN or Inf)."""
     if not path.is_file():
         raise DelitError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+            names = f.keys()
+            stored = {k: f.get_slice(k).get_dtype() for k in names}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DelitError(f"{path}: not a readable safetensors file ({exc})") from None
+    not_float = sorted(k for k, dtype in stored.items() if dtype not in FLOAT_DTYPES)
+    if not_float:
+        raise DelitError(
+            f"{path}: {not_float[0]} is stored as {stored[not_float[0]]}; heads weights must be "
+            "floating point"
+        )
     # numpy: one small torch op per tensor costs milliseconds on a busy 2-core machine
     bad = [
         k
@@ -152,17 +165,72 @@ def load_heads(source: str | Path, map_location: str = "cpu") -> DelitHeads:
         raise DelitError(
             f"{path}: heads weights do not match their config ({first[0].strip()})"
         ) from None
+    if not bool((heads.latent_std > 0).all()):  # latents are divided by it
+        raise DelitError(f"{path}: latent_std must be positive in every channel")
     return heads.to(map_location)
 
 
 def heads_metadata(source: str | Path) -> dict:
-    """The ``extra`` dict (training facts) stored with the heads, or {}."""
+    """The ``extra`` dict (training facts) stored with the heads ({} when none); ``DelitError``
+    naming the file when it is not a JSON object."""
     path = heads_weights_path(source)
     folder_config = _folder_config(path)
     if folder_config is not None:
-        extra = folder_config.get("extra") or {}
-        return extra if isinstance(extra, dict) else {}
-    return json.loads(_read_metadata(path).get("extra", "{}"))
+        extra = folder_config.get("extra", {})
+    else:
+        try:
+            extra = json.loads(_read_metadata(path).get("extra", "{}"))
+        except ValueError as exc:
+            raise DelitError(f"{path}: metadata 'extra' is not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise DelitError(f"{path}: metadata 'extra' must be a JSON object, got {extra!r:.40}")
+    return extra
+
+
+def heads_facts(source: str | Path) -> dict:
+    """The training facts of the heads at ``source``: ``extra`` (``heads_metadata``),
+    ``image_size`` (the size they were trained at, or None) and ``vae_fingerprint`` (of the VAE
+    whose latents they were trained on, or None). ``DelitError`` naming the file when the
+    recorded size is not a positive multiple of 8."""
+    path = heads_weights_path(source)
+    extra = heads_metadata(path)
+    size = extra.get("image_size")
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8
+    ):
+        raise DelitError(
+            f"{path}: metadata image_size {size!r:.40} is not a positive multiple of 8"
+        )
+    return {"extra": extra, "image_size": size, "vae_fingerprint": _fingerprint(extra)}
+
+
+def _fingerprint(extra: dict) -> str | None:
+    """The VAE fingerprint in training facts, under any of the keys it has been written as."""
+    for key in ("vae_fingerprint", "fingerprint"):
+        if isinstance(extra.get(key), str):
+            return extra[key]
+    vae = extra.get("vae")
+    if isinstance(vae, dict) and isinstance(vae.get("fingerprint"), str):
+        return vae["fingerprint"]
+    return None
+
+
+def require_same_training(
+    label: str, facts: dict, fingerprint: str | None, image_size: int | None = None
+) -> None:
+    """``DelitError`` starting with ``label`` when the heads of ``facts`` (``heads_facts``)
+    were trained on latents of a VAE other than the one of ``fingerprint``, or at a size other
+    than ``image_size`` (None: not known, not checked). The rule for heads combined with
+    others (``--init-from``, ``average-heads --blend``)."""
+    theirs = facts.get("vae_fingerprint")
+    if theirs and fingerprint and theirs != fingerprint:
+        raise DelitError(
+            f"{label}: trained on latents of another VAE "
+            f"(fingerprint {theirs}, this one's {fingerprint})"
+        )
+    size = facts.get("image_size")
+    if size and image_size and size != image_size:
+        raise DelitError(f"{label}: trained at size {size}, these heads at {image_size}")
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import torch
 
-from delit_cache.infer.heads_checks import checked_heads, require_same_training
-from delit_cache.models.pretrained import HEADS_FILENAME, heads_weights_path, save_heads
+from delit_cache.models.pretrained import (
+    HEADS_FILENAME,
+    heads_facts,
+    heads_weights_path,
+    load_heads,
+    require_same_training,
+    save_heads,
+)
 from delit_cache.train import state as trainstate
 from delit_cache.utils.atomic import atomic_dir, check_output_dir
 from delit_cache.utils.errors import DelitError
@@ -88,7 +94,8 @@ def blend_heads(
 def blend_partner(blend: Path, facts: dict) -> dict[str, torch.Tensor]:
     """The weights of the heads at ``blend``, which must have been trained like the run of
     ``facts`` (same VAE and size: ``require_same_training``)."""
-    other, other_facts = checked_heads(heads_weights_path(blend))
+    path = heads_weights_path(blend)
+    other, other_facts = load_heads(path), heads_facts(path)
     fingerprint, size = facts["vae_fingerprint"], facts["image_size"]
     require_same_training(f"--blend {blend}", other_facts, fingerprint, size)
     return other.state_dict()
@@ -111,7 +118,7 @@ def write_averaged_run(
         raise DelitError(f"{out}: exists already (pass a new --out)")
     check_output_dir(out.parent)
     paths = step_checkpoints(run, steps, last)
-    heads, facts = checked_heads(final)
+    heads, facts = load_heads(final), heads_facts(final)
     partner = blend_partner(Path(blend), facts) if blend is not None else None
     try:
         heads.load_state_dict(average_heads(paths), strict=True)

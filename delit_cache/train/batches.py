@@ -33,13 +33,33 @@ def available_memory() -> int:
 TargetFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Derived:
+    """What batches hold besides the cache's arrays, and what they drop."""
+
+    targets: TargetFn | None = None  # env maps -> loss targets (``losses.loss_targets``)
+    keep_env: bool = True  # keep the env maps beside their targets
+    inputs: TargetFn | None = None  # relit latents -> inputs computed by frozen weights
+    only: tuple[str, ...] = ()  # keep just these names (empty: everything)
+
+    def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.targets is not None:
+            data |= self.targets(data["env"])
+            if not self.keep_env:
+                del data["env"]
+        if self.inputs is not None:
+            data |= self.inputs(data["relit_latent"])
+        return {n: data[n] for n in self.only} if self.only else data
+
+
 class CacheData:
     """Samples ``indices`` of a cache, in memory (float32 tensors) or read per batch.
 
     ``targets`` maps a batch of env maps to the loss targets (``losses.loss_targets``): in
     memory they are computed once at load (and the env maps dropped unless ``keep_env``), else
     per batch on the batch's device. Batches hold the latents, the targets, and ``env`` when
-    kept."""
+    kept. ``derived`` (instead of ``targets`` and ``keep_env``) also computes inputs from the
+    relit latents, the same way, and may keep only some names."""
 
     def __init__(
         self,
@@ -48,14 +68,14 @@ class CacheData:
         in_memory: bool,
         targets: TargetFn | None = None,
         keep_env: bool = True,
+        derived: Derived | None = None,
     ):
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.targets = targets
-        self.keep_env = keep_env or targets is None
+        self.derived = derived or Derived(targets, keep_env or targets is None)
         self.arrays: dict[str, torch.Tensor] | None = None
         if in_memory:
-            self.arrays = _load(cache, self.indices, targets, self.keep_env)
+            self.arrays = _load(cache, self.indices, self.derived)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,34 +86,22 @@ class CacheData:
         if self.arrays is not None:
             data = {n: a.index_select(0, pos) for n, a in self.arrays.items()}
             return {n: t.to(device, non_blocking=True) for n, t in data.items()}
-        return _read(self.cache, self.indices[pos.numpy()], self.targets, self.keep_env, device)
+        return _read(self.cache, self.indices[pos.numpy()], self.derived, device)
 
 
 def _read(
-    cache: LatentCache,
-    idx: np.ndarray,
-    targets: TargetFn | None,
-    keep_env: bool,
-    device: torch.device | None = None,
+    cache: LatentCache, idx: np.ndarray, derived: Derived, device: torch.device | None = None
 ) -> dict[str, torch.Tensor]:
-    """Samples ``idx`` of ``cache`` as tensors on ``device`` (None: the CPU), with their loss
-    targets computed there."""
+    """Samples ``idx`` of ``cache`` as tensors on ``device`` (None: the CPU), with what
+    ``derived`` adds computed there."""
     data = {n: torch.from_numpy(cache.read(n, idx)) for n in DATA_ARRAYS}
     if device is not None:
         data = {n: t.to(device, non_blocking=True) for n, t in data.items()}
-    if targets is not None:
-        data |= targets(data["env"])
-        if not keep_env:
-            del data["env"]
-    return data
+    return derived(data)
 
 
 def _load(
-    cache: LatentCache,
-    indices: np.ndarray,
-    targets: TargetFn | None,
-    keep_env: bool,
-    chunk: int = 256,
+    cache: LatentCache, indices: np.ndarray, derived: Derived, chunk: int = 256
 ) -> dict[str, torch.Tensor]:
     """Samples ``indices`` in memory, read and given their targets ``chunk`` samples at a
     time into arrays allocated once: beyond what is kept, at most one chunk is held (reading
@@ -102,7 +110,7 @@ def _load(
         return {n: torch.from_numpy(cache.read(n, indices)) for n in DATA_ARRAYS}
     arrays: dict[str, torch.Tensor] = {}
     for start in range(0, len(indices), chunk):
-        part = _read(cache, indices[start : start + chunk], targets, keep_env)
+        part = _read(cache, indices[start : start + chunk], derived)
         if not arrays:  # allocated once, from the first chunk's shapes
             arrays = {n: t.new_empty((len(indices), *t.shape[1:])) for n, t in part.items()}
         for n, t in part.items():
@@ -117,7 +125,7 @@ def in_memory_bytes(
     latents, the loss targets (measured on one sample) and the env maps when kept."""
     if len(cache) == 0 or n == 0:
         return 0
-    one = _read(cache, np.zeros(1, dtype=np.int64), targets, keep_env)
+    one = _read(cache, np.zeros(1, dtype=np.int64), Derived(targets, keep_env))
     return n * sum(t.element_size() * t[0].numel() for t in one.values())
 
 

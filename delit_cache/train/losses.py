@@ -244,11 +244,16 @@ def compute_losses(
         losses["env_nrmse"] = env_nrmse_loss(pred_hdr, batch["env_nrmse_view"])
         total = total + cfg.env_nrmse_weight * losses["env_nrmse"]
     if cfg.light_head_weight > 0:  # TrainConfig.validate: the heads have a light head
-        cos = (out["light_dir"].float() * batch["light_dir"]).sum(1)
-        losses["light_head"] = (1 - cos).mean()
+        losses["light_head"] = light_head_loss(out["light_dir"], batch["light_dir"])
         total = total + cfg.light_head_weight * losses["light_head"]
     losses["total"] = total
     return losses
+
+
+def light_head_loss(pred_dir: torch.Tensor, true_dir: torch.Tensor) -> torch.Tensor:
+    """1 - cos between the light head's unit directions and the true brightest lights
+    ``[B,3]``, averaged -> scalar."""
+    return (1 - (pred_dir.float() * true_dir).sum(1)).mean()
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 The run folder is ``train.run_folder``'s, the data order ``train.batches``', the checkpoint
 policy ``train.checkpointing``'s. Multi-process (DDP): launch with torchrun or
-``accelerate launch``; each rank takes its slice of the global batch.
+``accelerate launch``; each rank takes its slice of the global batch. A single-process run
+that trains the light head alone (``train_only``) computes what the head reads once per
+sample and steps the head alone (``trains_light_head_alone``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ import torch
 from torch import nn
 
 from delit_cache.cache.store import LatentCache
+from delit_cache.lighting.sphere_metrics import brightest_direction
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import DelitHeads, create_heads
-from delit_cache.train.batches import CacheData, Schedule, decide_in_memory, in_memory_bytes
+from delit_cache.train.batches import (
+    CacheData,
+    Derived,
+    Schedule,
+    decide_in_memory,
+    in_memory_bytes,
+)
 from delit_cache.train.checkpointing import (
     is_checkpoint_step,
     restore_training_state,
@@ -36,7 +45,7 @@ from delit_cache.train.distributed import (
     dist_info,
     init_distributed,
 )
-from delit_cache.train.losses import compute_losses, env_metrics, loss_targets
+from delit_cache.train.losses import compute_losses, env_metrics, light_head_loss, loss_targets
 from delit_cache.train.optim import make_optimizer
 from delit_cache.train.run_folder import RunOptions, prepare_run_folder, resolve_run_config
 from delit_cache.train.state import save_checkpoint
@@ -46,6 +55,18 @@ from delit_cache.utils.faults import fault_point
 from delit_cache.utils.logs import get_logger, progress_bar
 
 log = get_logger(__name__)
+
+LIGHT_HEAD = "env_decoder.light_head"
+LIGHT_INPUTS = ("light_pooled", "light_map")  # DelitHeads.light_inputs
+
+
+def trains_light_head_alone(cfg: TrainConfig, info: DistInfo) -> bool:
+    """Whether only the light head trains (``train_only`` within it), in one process: what it
+    reads comes from weights held fixed, so it is computed once per sample
+    (``DelitHeads.light_inputs``) instead of at every step. Only its loss term is computed
+    (every other term is a constant of such a run); validation runs the whole heads."""
+    inside = [p == LIGHT_HEAD or p.startswith(LIGHT_HEAD + ".") for p in cfg.train_only]
+    return not info.enabled and bool(inside) and all(inside)
 
 
 def rank_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
@@ -72,7 +93,7 @@ def heads_to_fine_tune(cfg: TrainConfig, fingerprint: str | None) -> DelitHeads:
     ``DelitError`` when they cannot be, or were trained on latents of a VAE other than the
     one of ``fingerprint`` (None: not known, not checked)."""
     from delit_cache.infer.delighter import resolve_checkpoint
-    from delit_cache.infer.heads_checks import require_same_training
+    from delit_cache.models.pretrained import require_same_training
 
     heads, _, info = resolve_checkpoint(cfg.init_from)
     wanted = cfg.heads_config()
@@ -128,12 +149,20 @@ class Trainer:
         self.train_idx, self.val_idx = self.cache.split(self.cfg.val_fraction, self.cfg.seed)
         if self.cfg.max_samples > 0:
             self.train_idx = self.train_idx[: self.cfg.max_samples]
+        self.light_alone = trains_light_head_alone(self.cfg, self.info)
+        if self.light_alone and self.cfg.light_head_weight <= 0:
+            raise DelitError(
+                f"train_only {list(self.cfg.train_only)}: no loss term with a weight above 0 "
+                "reaches those parameters (light_head_weight is 0)"
+            )
         targets = functools.partial(loss_targets, cfg=self.cfg)
         needed = in_memory_bytes(self.cache, len(self.train_idx), targets, keep_env=False)
         needed += in_memory_bytes(self.cache, len(self.val_idx), targets, keep_env=True)
-        in_memory = decide_in_memory(self.cfg, needed)
-        self.train_data = CacheData(self.cache, self.train_idx, in_memory, targets, False)
-        self.val_data = CacheData(self.cache, self.val_idx, in_memory, targets)
+        self.in_memory = decide_in_memory(self.cfg, needed)
+        self.train_data: CacheData | None = None  # light head alone: made once the heads are
+        if not self.light_alone:
+            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, targets, False)
+        self.val_data = CacheData(self.cache, self.val_idx, self.in_memory, targets)
         self.schedule = Schedule(
             len(self.train_idx), self.cfg.batch_size, self.info.world_size, self.cfg.seed
         )
@@ -168,6 +197,21 @@ class Trainer:
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.heads, device_ids=ids)
+        if self.light_alone:
+            log.info("light head alone: its inputs for %d samples, once", len(self.train_idx))
+            only = (*LIGHT_INPUTS, "light_dir")
+            derived = Derived(_light_targets, False, self._light_inputs, only)
+            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, derived=derived)
+
+    @torch.no_grad()
+    def _light_inputs(self, relit_latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``DelitHeads.light_inputs`` of relit latents, in float32, 32 at a time on the
+        run's device; returned where the latents were."""
+        self.heads.eval()
+        parts = [self.heads.light_inputs(x.to(self.device)) for x in relit_latent.split(32)]
+        return {
+            n: torch.cat([p[n] for p in parts]).float().to(relit_latent.device) for n in parts[0]
+        }
 
     def _prepare_run_folder(self) -> None:
         if self.info.is_main:
@@ -187,9 +231,16 @@ class Trainer:
             self.schedule.positions(self.step, self.info.rank), self.device
         )
         self.model.train()
-        with self._autocast():
-            out = self.model(batch["relit_latent"])
-        losses = compute_losses(out, batch, self.cfg, self.heads.latent_std)
+        if self.light_alone:
+            with self._autocast():
+                head = self.heads.env_decoder.light_head
+                light = head.read(batch["light_pooled"], batch["light_map"])
+            losses = {"light_head": light_head_loss(light, batch["light_dir"])}
+            losses["total"] = self.cfg.light_head_weight * losses["light_head"]
+        else:
+            with self._autocast():
+                out = self.model(batch["relit_latent"])
+            losses = compute_losses(out, batch, self.cfg, self.heads.latent_std)
         if not losses["total"].requires_grad:
             raise DelitError(
                 f"train_only {list(self.cfg.train_only)}: no loss term with a weight above 0 "
@@ -280,7 +331,8 @@ class Trainer:
             reduced = {k: float(all_reduce_mean(v.float())) for k, v in sorted(losses.items())}
             self._log("train", reduced)
             self._log("train", {"lr": self.sched.get_last_lr()[0]})
-            bar.set_postfix(flat=f"{reduced['flat']:.4f}", env=f"{reduced['env']:.4f}")
+            shown = [n for n in ("flat", "env", "light_head") if n in reduced]
+            bar.set_postfix({n: f"{reduced[n]:.4f}" for n in shown[:2]})
         if (cfg.val_every and self.step % cfg.val_every == 0) or last:
             self.last_val = self.validate()
             self._log("val", self.last_val)
@@ -344,6 +396,11 @@ class Trainer:
                 self.writer.close()
         barrier()
         return self.heads
+
+
+def _light_targets(env: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The light head's target: the true map's brightest-light direction."""
+    return {"light_dir": brightest_direction(env.float())}
 
 
 def train_heads(opts: RunOptions) -> Trainer:

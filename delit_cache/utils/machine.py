@@ -83,6 +83,15 @@ def run_header(title: str, command: str, device: torch.device | str = "cpu") -> 
     return lines
 
 
+def table_lines(columns: tuple[tuple[str, str], ...], rows: list[dict]) -> list[str]:
+    """A markdown table: a header of the ``columns``' names, then each row's values formatted
+    by the columns' format strings (``("ms", "{:.1f}")``)."""
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[name]) for name, fmt in columns) + " |")
+    return lines
+
+
 def emit_report(lines: list[str], out: Path | None) -> None:
     """Print a benchmark report (``run_header`` lines, then its table) and, with ``out``,
     write the same text there."""
