@@ -957,6 +957,24 @@ def test_infer_refuses_an_output_onto_an_input_photo(tmp_path, capsys):
     assert a_flat.read_bytes() == before  # was: a.png's output, and a_flat.png never read
 
 
+def test_infer_replaces_only_its_own_outputs(tmp_path, capsys):
+    """A rerun replaces what delit infer wrote (PNGs and the EXR carry its mark); a file of the
+    same name that it did not write is refused in one line before anything is written."""
+    out = tmp_path / "out"
+    photo = _photo(tmp_path / "in" / "face.png")
+    assert main(["infer", *DEMO, "--out", str(out), str(photo)]) == 0
+    assert main(["infer", *DEMO, "--out", str(out), str(photo)]) == 0  # its own: replaced
+    capsys.readouterr()
+    for name in ("face_flat.png", "face_env.exr", "face_env.png"):
+        user = out / name
+        user.write_bytes(b"the user's own file")
+        assert main(["infer", *DEMO, "--out", str(out), str(photo)]) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: {user}: exists and delit infer did not write it"), line
+        assert user.read_bytes() == b"the user's own file"
+        user.unlink()
+
+
 def test_infer_takes_photos_named_like_outputs_and_skips_only_its_own(tmp_path, capsys, caplog):
     sk = tmp_path / "sk"
     _photo(sk / "me_flat.png"), _photo(sk / "you_env.png")

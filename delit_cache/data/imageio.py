@@ -209,16 +209,17 @@ def _read_exr(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def write_exr(path: str | Path, arr, half: bool = True) -> None:
+def write_exr(path: str | Path, arr, half: bool = True, text: dict[str, str] | None = None) -> None:
     """Write ``[H,W,3]`` numpy (or ``[3,H,W]`` tensor) linear RGB to OpenEXR, atomically.
 
     ``half=True`` stores float16 (values clipped to +-65504), else float32; ZIP compression.
+    ``text``: string attributes added to the header.
     """
     import OpenEXR
 
     a = _hwc3(arr, path)
     a = np.clip(a, -HALF_MAX, HALF_MAX).astype(np.float16) if half else a
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage, **(text or {})}
     channels = {c: np.ascontiguousarray(a[:, :, i]) for i, c in enumerate("RGB")}
     with atomic_path(path) as tmp, OpenEXR.File(header, channels) as f:
         f.write(str(tmp))

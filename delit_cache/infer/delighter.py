@@ -198,20 +198,29 @@ def _folder_photos(folder: Path) -> tuple[list[Path], str | None]:
     return [], f"{folder}: folder holds no png/jpg/jpeg/webp/tif images"
 
 
-OUTPUT_MARK = {"Software": "delit infer"}  # a text chunk in every PNG delit infer writes
+# a text chunk in every PNG, and a header attribute in every EXR, that delit infer writes
+OUTPUT_MARK = {"Software": "delit infer"}
 OUTPUT_SUFFIXES = ("_flat.png", "_env.exr", "_env.png")
 
 
 def is_own_output(path: Path) -> bool:
-    """Whether ``path`` is a PNG that ``delit infer`` wrote (it carries ``OUTPUT_MARK``): a
-    folder that also receives the outputs must not feed them back in as photos."""
-    if path.suffix.lower() != ".png":
-        return False
-    from PIL import Image
-
+    """Whether ``path`` is a PNG or EXR that ``delit infer`` wrote (it carries
+    ``OUTPUT_MARK``): a folder that also receives the outputs must not feed them back in as
+    photos, and a rerun may replace them, but no other file."""
     try:
-        with Image.open(path) as im:  # reads the chunks before the pixels only
-            return all(im.info.get(k) == v for k, v in OUTPUT_MARK.items())
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:  # reads the chunks before the pixels only
+                found = {k: im.info.get(k) for k in OUTPUT_MARK}
+        elif path.suffix.lower() == ".exr":
+            import OpenEXR
+
+            with OpenEXR.File(str(path), header_only=True) as f:  # the header is gone after
+                found = {k: f.header().get(k) for k in OUTPUT_MARK}
+        else:
+            return False
+        return found == OUTPUT_MARK
     except Exception:  # unreadable: not ours; reading it as a photo reports it
         return False
 
@@ -227,7 +236,8 @@ class InputPlan:
 
 def plan_inputs(inputs: Sequence[str | Path], out_dir: str | Path) -> InputPlan:
     """``collect_inputs`` and ``output_names``; ``DelitError`` naming both paths when an
-    output in ``out_dir`` would overwrite an input (``--out`` is a folder of the inputs)."""
+    output in ``out_dir`` would overwrite an input (``--out`` is a folder of the inputs), or
+    naming the file when it would replace one that delit infer did not write."""
     paths, problems = collect_inputs(inputs)
     names = output_names(paths)
     given = {p.resolve(): p for p in paths}
@@ -238,6 +248,11 @@ def plan_inputs(inputs: Sequence[str | Path], out_dir: str | Path) -> InputPlan:
                 raise DelitError(
                     f"{target}: the output of {path} would overwrite this input; "
                     "choose another --out"
+                )
+            if target.is_file() and not is_own_output(target):
+                raise DelitError(
+                    f"{target}: exists and delit infer did not write it; the output of {path} "
+                    "would replace it (choose another --out, or move the file away)"
                 )
     return InputPlan(paths, problems, names)
 
@@ -497,7 +512,7 @@ def write_result(result: DelitResult, out_dir: Path, name: str) -> list[Path]:
     flat, exr, show = (out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     writes = [
         (flat, lambda p: write_png(p, result.flat, text=OUTPUT_MARK)),
-        (exr, lambda p: write_exr(p, result.env)),
+        (exr, lambda p: write_exr(p, result.env, text=OUTPUT_MARK)),
         (show, lambda p: write_png(p, figure, text=OUTPUT_MARK)),
     ]
     done: list[Path] = []
