@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from delit_cache.cache.store import LatentCache
-from delit_cache.train.batches import CacheData, in_memory_bytes
+from delit_cache.train.batches import CacheData, Derived, in_memory_bytes
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import loss_targets
 from delit_cache.utils.errors import DelitError
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = functools.partial(loss_targets, cfg=cfg)
     indices = list(range(len(cache)))
     start = time.perf_counter()
-    estimate = in_memory_bytes(cache, len(indices), targets, keep_env=False)
-    data = CacheData(cache, indices, True, targets, keep_env=False)
+    derived = Derived(targets, keep_env=False)
+    estimate = in_memory_bytes(cache, len(indices), derived)
+    data = CacheData(cache, indices, True, derived)
     seconds = time.perf_counter() - start
     held = sum(a.numel() * a.element_size() for a in (data.arrays or {}).values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes

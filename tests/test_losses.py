@@ -14,7 +14,7 @@ from delit_cache.lighting.sphere_metrics import brightest_direction
 from delit_cache.models.config import DelitConfig
 from delit_cache.models.heads import create_heads
 from delit_cache.models.layers import GlobalContext
-from delit_cache.train.batches import CacheData
+from delit_cache.train.batches import CacheData, Derived
 from delit_cache.train.config import load_config
 from delit_cache.train.losses import (
     compute_losses,
@@ -70,8 +70,9 @@ def test_cache_data_computes_targets_at_load_and_drops_env(tmp_path):
     cache = make_random_cache(tmp_path / "c.zarr", n=6)
     cfg = _cfg()
     fn = lambda env: loss_targets(env, cfg)  # noqa: E731
-    in_memory = CacheData(LatentCache(cache.path), list(range(6)), True, fn, keep_env=False)
-    streamed = CacheData(LatentCache(cache.path), list(range(6)), False, fn, keep_env=False)
+    derived = Derived(fn, keep_env=False)
+    in_memory = CacheData(LatentCache(cache.path), list(range(6)), True, derived)
+    streamed = CacheData(LatentCache(cache.path), list(range(6)), False, derived)
     pos = np.array([4, 1])
     a, b = in_memory.batch(pos, torch.device("cpu")), streamed.batch(pos, torch.device("cpu"))
     assert "env" not in a and set(a) == set(b) == {
@@ -105,9 +106,9 @@ def test_cache_data_loads_in_chunks_and_says_what_it_holds(tmp_path, monkeypatch
     empty = batches._load(cache, idx[:0], derived)  # an empty validation split
     assert all(len(t) == 0 for t in empty.values())
     held = sum(t.numel() * t.element_size() for t in chunked.values())
-    assert batches.in_memory_bytes(cache, 7, fn, keep_env=False) == held
+    assert batches.in_memory_bytes(cache, 7, derived) == held
     env_bytes = 7 * 4 * 3 * 128 * 256
-    assert batches.in_memory_bytes(cache, 7, fn, keep_env=True) == held + env_bytes
+    assert batches.in_memory_bytes(cache, 7, batches.Derived(fn)) == held + env_bytes
     assert held > env_bytes  # the targets outweigh the env maps they replace
     monkeypatch.setattr(batches, "available_memory", lambda: 4 * held)
     auto = load_config("tiny", {"in_memory": "auto", "memory_fraction": 0.5})

@@ -55,24 +55,21 @@ class Derived:
 class CacheData:
     """Samples ``indices`` of a cache, in memory (float32 tensors) or read per batch.
 
-    ``targets`` maps a batch of env maps to the loss targets (``losses.loss_targets``): in
-    memory they are computed once at load (and the env maps dropped unless ``keep_env``), else
-    per batch on the batch's device. Batches hold the latents, the targets, and ``env`` when
-    kept. ``derived`` (instead of ``targets`` and ``keep_env``) also computes inputs from the
-    relit latents, the same way, and may keep only some names."""
+    ``derived`` (a ``Derived``) adds to each sample what is computed from it: the loss
+    targets from the env maps (``losses.loss_targets``; the env maps dropped unless
+    ``keep_env``) and inputs from the relit latents; in memory they are computed once at
+    load, else per batch on the batch's device."""
 
     def __init__(
         self,
         cache: LatentCache,
         indices: list[int],
         in_memory: bool,
-        targets: TargetFn | None = None,
-        keep_env: bool = True,
-        derived: Derived | None = None,
+        derived: Derived = Derived(),
     ):
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.derived = derived or Derived(targets, keep_env or targets is None)
+        self.derived = derived
         self.arrays: dict[str, torch.Tensor] | None = None
         if in_memory:
             self.arrays = _load(cache, self.indices, self.derived)
@@ -118,14 +115,12 @@ def _load(
     return arrays
 
 
-def in_memory_bytes(
-    cache: LatentCache, n: int, targets: TargetFn | None = None, keep_env: bool = True
-) -> int:
-    """Bytes that ``n`` samples of ``cache`` take in memory as ``CacheData`` holds them: the
-    latents, the loss targets (measured on one sample) and the env maps when kept."""
+def in_memory_bytes(cache: LatentCache, n: int, derived: Derived = Derived()) -> int:
+    """Bytes that ``n`` samples of ``cache`` take in memory as ``CacheData`` holds them with
+    ``derived``: the arrays kept, measured on one sample."""
     if len(cache) == 0 or n == 0:
         return 0
-    one = _read(cache, np.zeros(1, dtype=np.int64), Derived(targets, keep_env))
+    one = _read(cache, np.zeros(1, dtype=np.int64), derived)
     return n * sum(t.element_size() * t[0].numel() for t in one.values())
 
 

@@ -156,13 +156,14 @@ class Trainer:
                 "reaches those parameters (light_head_weight is 0)"
             )
         targets = functools.partial(loss_targets, cfg=self.cfg)
-        needed = in_memory_bytes(self.cache, len(self.train_idx), targets, keep_env=False)
-        needed += in_memory_bytes(self.cache, len(self.val_idx), targets, keep_env=True)
+        train, val = Derived(targets, keep_env=False), Derived(targets)
+        needed = in_memory_bytes(self.cache, len(self.train_idx), train)
+        needed += in_memory_bytes(self.cache, len(self.val_idx), val)
         self.in_memory = decide_in_memory(self.cfg, needed)
-        self.train_data: CacheData | None = None  # light head alone: made once the heads are
+        self.train_data: CacheData | None = None  # light head alone: made once the heads exist
         if not self.light_alone:
-            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, targets, False)
-        self.val_data = CacheData(self.cache, self.val_idx, self.in_memory, targets)
+            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, train)
+        self.val_data = CacheData(self.cache, self.val_idx, self.in_memory, val)
         self.schedule = Schedule(
             len(self.train_idx), self.cfg.batch_size, self.info.world_size, self.cfg.seed
         )
@@ -201,7 +202,7 @@ class Trainer:
             log.info("light head alone: its inputs for %d samples, once", len(self.train_idx))
             only = (*LIGHT_INPUTS, "light_dir")
             derived = Derived(_light_targets, False, self._light_inputs, only)
-            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, derived=derived)
+            self.train_data = CacheData(self.cache, self.train_idx, self.in_memory, derived)
 
     @torch.no_grad()
     def _light_inputs(self, relit_latent: torch.Tensor) -> dict[str, torch.Tensor]:
